@@ -1,0 +1,6 @@
+"""Every architecture of the book, built by name: ``build("resnet/resnet20", num_classes=10)``."""
+
+from effconv_ref.models.registry import build, list_models, register
+from effconv_ref.models import resnet  # noqa: F401  (registers its models)
+
+__all__ = ["build", "list_models", "register"]

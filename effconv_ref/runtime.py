@@ -1,0 +1,37 @@
+"""Which scale a chapter runs at and on which device: one answer for every chapter.
+
+``EFFCONV_SCALE`` is ``smoke`` (CPU, seconds), ``tutorial`` (a GPU, minutes) or ``paper``
+(the paper's recipe, hours). Unset, it is ``tutorial`` when a GPU is present, else ``smoke``.
+"""
+
+import os
+import random
+
+import numpy as np
+import torch
+
+SCALES = ("smoke", "tutorial", "paper")
+
+
+def scale() -> str:
+    """The scale named by ``EFFCONV_SCALE``, or the default for this machine."""
+    value = os.environ.get("EFFCONV_SCALE", "").strip().lower()
+    if not value:
+        return "tutorial" if torch.cuda.is_available() else "smoke"
+    if value not in SCALES:
+        raise ValueError(
+            f"EFFCONV_SCALE={value!r} is not a scale; choose one of {', '.join(SCALES)}"
+        )
+    return value
+
+
+def device() -> torch.device:
+    """``cuda`` when a GPU is present, else ``cpu``."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

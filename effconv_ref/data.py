@@ -1,0 +1,242 @@
+"""Datasets by name: CIFAR-10, CIFAR-100 and STL-10 from torchvision, and ``shapes``, a
+small image set generated offline so that every chapter can train something real on a
+CPU without a network.
+
+``get_dataset(name, train)`` returns one split; ``get_loaders(name)`` returns seeded
+training and test loaders and the number of classes.
+"""
+
+import math
+import os
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+DATASETS = ("cifar10", "cifar100", "stl10", "shapes")
+
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10, "shapes": 10}
+
+# Per-channel mean and standard deviation of each training set (pixels in [0, 1]).
+_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
+}
+
+DEFAULT_ROOT = "~/.cache/effconv_ref/datasets"
+
+
+def data_root(root=None) -> Path:
+    """Where torchvision data lives: ``root``, else ``$EFFCONV_DATA``, else
+    ``~/.cache/effconv_ref/datasets``."""
+    if root is None:
+        root = os.environ.get("EFFCONV_DATA") or DEFAULT_ROOT
+    return Path(root).expanduser()
+
+
+# --------------------------------------------------------------------------------------
+# shapes: ten spatial patterns in random colours
+# --------------------------------------------------------------------------------------
+
+SHAPES_CLASSES = (
+    "disc",
+    "ring",
+    "square outline",
+    "filled square",
+    "cross",
+    "horizontal stripes",
+    "vertical stripes",
+    "diagonal stripes",
+    "checkerboard",
+    "triangle",
+)
+
+SHAPES_SIZE = 32
+SHAPES_TRAIN_SEED = 0
+SHAPES_TEST_SEED = 1
+SHAPES_TRAIN_LEN = 10_000
+SHAPES_TEST_LEN = 2_000
+SHAPES_MEAN = 0.5
+SHAPES_STD = 0.25
+
+
+def _shape_mask(kind, cx, cy, r, w, sign, size):
+    """Foreground masks ``(n, size, size)`` of class ``kind`` (an index into
+    ``SHAPES_CLASSES``) centred at ``(cx, cy)``, half-size ``r``, line/stripe width ``w``."""
+    coords = torch.arange(size, dtype=torch.float32)
+    dx = coords.view(1, 1, size) - cx.view(-1, 1, 1)
+    dy = coords.view(1, size, 1) - cy.view(-1, 1, 1)
+    r, w, sign = r.view(-1, 1, 1), w.view(-1, 1, 1), sign.view(-1, 1, 1)
+    box = torch.maximum(dx.abs(), dy.abs())  # Chebyshev distance from the centre
+    inside = box <= r
+
+    def bands(t):  # alternating bands of width w
+        return torch.floor(t / w).remainder(2) == 0
+
+    name = SHAPES_CLASSES[kind]
+    if name in ("disc", "ring"):
+        dist = torch.sqrt(dx * dx + dy * dy)
+        return (dist <= r) if name == "disc" else (dist <= r) & (dist >= r - w)
+    if name == "square outline":
+        return inside & (box >= r - w)
+    if name == "filled square":
+        return inside
+    if name == "cross":
+        return inside & ((dx.abs() <= w / 2) | (dy.abs() <= w / 2))
+    if name == "horizontal stripes":
+        return inside & bands(dy)
+    if name == "vertical stripes":
+        return inside & bands(dx)
+    if name == "diagonal stripes":  # either diagonal
+        return inside & bands((dx + sign * dy) / math.sqrt(2.0))
+    if name == "checkerboard":
+        return inside & (bands(dx) ^ bands(dy))
+    # triangle, pointing up or down
+    return (dy.abs() <= r) & (dx.abs() <= (sign * dy + r) / 2)
+
+
+def make_shapes(n: int, seed: int = 0, size: int = SHAPES_SIZE) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``n`` images ``(n, 3, size, size)`` of the ten ``SHAPES_CLASSES`` and their labels.
+
+    Image ``i`` has class ``i % 10`` (so every prefix is class-balanced), a random centre,
+    half-size, stripe width and orientation, a random background colour and a foreground
+    colour at least 0.3 away from it in every channel (so colour alone does not tell the
+    class), plus uniform noise. Normalised by ``SHAPES_MEAN``/``SHAPES_STD``. Deterministic
+    for ``seed``, and the first ``k`` images do not depend on ``n``.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    # two streams, so that image i reads the same numbers whatever n is
+    u = torch.rand(n, 11, generator=torch.Generator().manual_seed(2 * seed))
+    noise = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(2 * seed + 1))
+    labels = torch.arange(n) % len(SHAPES_CLASSES)
+    r = size * (0.16 + 0.16 * u[:, 0])  # half-size 5..10 pixels at 32x32
+    cx = r + u[:, 1] * (size - 1 - 2 * r)
+    cy = r + u[:, 2] * (size - 1 - 2 * r)
+    w = torch.maximum(r * (0.25 + 0.15 * u[:, 3]), torch.tensor(1.5))
+    sign = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
+    background = u[:, 5:8]
+    foreground = (background + 0.3 + 0.4 * u[:, 8:11]).remainder(1.0)
+    mask = torch.empty(n, 1, size, size, dtype=torch.bool)
+    step = len(SHAPES_CLASSES)
+    for kind in range(step):  # images kind, kind + 10, kind + 20, ... have class kind
+        rows = slice(kind, None, step)
+        mask[rows, 0] = _shape_mask(kind, cx[rows], cy[rows], r[rows], w[rows], sign[rows], size)
+    images = torch.where(mask, foreground.view(n, 3, 1, 1), background.view(n, 3, 1, 1))
+    images = images.add_(noise.sub_(0.5).mul_(0.2)).clamp_(0.0, 1.0)
+    return images.sub_(SHAPES_MEAN).div_(SHAPES_STD), labels
+
+
+class ShapesDataset(TensorDataset):
+    """``make_shapes`` as a dataset of ``(image, label)`` pairs, with ``classes``."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        images, labels = make_shapes(n, seed)
+        super().__init__(images, labels)
+        self.classes = list(SHAPES_CLASSES)
+        self.seed = seed
+
+
+# --------------------------------------------------------------------------------------
+# torchvision datasets
+# --------------------------------------------------------------------------------------
+
+
+def _transform(name: str, train: bool):
+    from torchvision import transforms
+
+    mean, std = _STATS[name]
+    resolution = 96 if name == "stl10" else 32
+    steps = []
+    if train:  # pad by 1/8 of the side (4 pixels at 32x32), crop back, flip
+        steps += [
+            transforms.RandomCrop(resolution, padding=resolution // 8),
+            transforms.RandomHorizontalFlip(),
+        ]
+    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    return transforms.Compose(steps)
+
+
+def get_dataset(
+    name: str,
+    train: bool = True,
+    root=None,
+    download: bool = True,
+    size: Optional[int] = None,
+) -> Dataset:
+    """One split of the dataset ``name`` (one of ``DATASETS``).
+
+    torchvision sets are downloaded into ``data_root(root)`` on first use, normalised by
+    their channel statistics and, for training, augmented with a padded random crop and a
+    horizontal flip. ``size`` keeps only the first ``size`` samples (a ``Subset``), for
+    smoke runs. Every returned dataset has a ``classes`` list.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    if size is not None and size < 1:
+        raise ValueError(f"size must be a positive number of samples, got {size}")
+
+    if name == "shapes":
+        full = SHAPES_TRAIN_LEN if train else SHAPES_TEST_LEN
+        n = full if size is None else min(size, full)
+        # the first n images of a split do not depend on how many are generated
+        return ShapesDataset(n, seed=SHAPES_TRAIN_SEED if train else SHAPES_TEST_SEED)
+
+    from torchvision import datasets
+
+    root = str(data_root(root))
+    transform = _transform(name, train)
+    if name == "cifar10":
+        dataset = datasets.CIFAR10(root, train=train, transform=transform, download=download)
+    elif name == "cifar100":
+        dataset = datasets.CIFAR100(root, train=train, transform=transform, download=download)
+    else:
+        split = "train" if train else "test"
+        dataset = datasets.STL10(root, split=split, transform=transform, download=download)
+    if not hasattr(dataset, "classes"):
+        dataset.classes = [str(i) for i in range(NUM_CLASSES[name])]
+    if size is not None and size < len(dataset):
+        subset = Subset(dataset, range(size))
+        subset.classes = dataset.classes
+        return subset
+    return dataset
+
+
+def get_loaders(
+    name: str,
+    batch_size: int = 128,
+    root=None,
+    size: Optional[int] = None,
+    num_workers: int = 0,
+    seed: int = 0,
+    download: bool = True,
+) -> Tuple[DataLoader, DataLoader, int]:
+    """``(train_loader, test_loader, num_classes)`` for the dataset ``name``.
+
+    The training loader shuffles with its own ``torch.Generator`` seeded by ``seed``;
+    ``size`` limits both splits to their first ``size`` samples. Workers are started
+    afresh each epoch (not persistent), so that every epoch draws the same random numbers
+    whether or not the run was resumed in between.
+    """
+    train_set = get_dataset(name, train=True, root=root, download=download, size=size)
+    test_set = get_dataset(name, train=False, root=root, download=download, size=size)
+    pin = torch.cuda.is_available()
+    generator = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(
+        train_set,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=num_workers,
+        pin_memory=pin,
+    )
+    test_loader = DataLoader(
+        test_set,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin,
+    )
+    return train_loader, test_loader, NUM_CLASSES[name]

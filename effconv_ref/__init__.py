@@ -2,7 +2,33 @@
 in plain PyTorch and, where the paper promises speed, a fast GPU path."""
 
 from effconv_ref.runtime import SCALES, device, scale, seed_everything
+from effconv_ref.circulant import CirculantConv2d
+from effconv_ref.depthwise import DepthwiseConv2d
+from effconv_ref.linearmix import LinearMix
+from effconv_ref.steps import (
+    CirculantRDStep,
+    ExplicitRDStep,
+    ImplicitRDStep,
+    LinearMixStep,
+    MobileNetStep,
+    ResNetStep,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["SCALES", "device", "scale", "seed_everything", "__version__"]
+__all__ = [
+    "SCALES",
+    "CirculantConv2d",
+    "CirculantRDStep",
+    "DepthwiseConv2d",
+    "ExplicitRDStep",
+    "ImplicitRDStep",
+    "LinearMix",
+    "LinearMixStep",
+    "MobileNetStep",
+    "ResNetStep",
+    "__version__",
+    "device",
+    "scale",
+    "seed_everything",
+]

@@ -2,5 +2,6 @@
 
 from effconv_ref.models.registry import build, list_models, register
 from effconv_ref.models import resnet  # noqa: F401  (registers its models)
+from effconv_ref.models import lowcost  # noqa: F401
 
 __all__ = ["build", "list_models", "register"]

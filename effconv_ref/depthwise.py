@@ -1,0 +1,155 @@
+"""The depth-wise convolution K_dw of eq. (5): one k x k stencil per channel, no channel coupling.
+
+As a block matrix ``K_dw`` is block diagonal, with the convolution matrix ``C(θ_c)`` of channel
+``c``'s stencil in block ``(c, c)``. Two ways to apply it:
+
+- ``method="direct"``: ``F.conv2d(x, weight, groups=C)``, a cross-correlation whose output has
+  the size of the input (``padding = k // 2``; ``boundary="periodic"`` wraps around like
+  ``padding_mode="circular"``).
+- ``method="fft"`` (eq. 10, periodic only): ``K x = F⁻¹(K̂ ⊙ F x)`` with the symbol
+  ``K̂ = depthwise_symbol(weight, H, W)``, batched over batch and channels with ``rfft2``.
+
+Only odd kernel sizes are supported, so that the stencil has a centre tap and the output has
+the size of the input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from effconv_ref.backend import check_backend
+from effconv_ref.matrix import BOUNDARIES
+from effconv_ref.ops.spectral_step import depthwise_symbol, spectral_step
+
+METHODS = ("direct", "fft")
+
+__all__ = ["DepthwiseConv2d", "depthwise_symbol"]
+
+
+def check_kernel_size(kernel_size) -> int:
+    """``kernel_size`` must be a positive odd int (a stencil with a centre tap)."""
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int):
+        raise TypeError(f"kernel_size must be an int; got {type(kernel_size).__name__}")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(
+            f"kernel_size={kernel_size}: only odd kernel sizes are supported "
+            "(the stencil needs a centre tap so the output has the input's size)"
+        )
+    return kernel_size
+
+
+def check_channels(channels) -> int:
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be a positive int; got {channels!r}")
+    return channels
+
+
+def check_boundary(boundary: str) -> str:
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"boundary={boundary!r} is not a boundary; choose one of {', '.join(BOUNDARIES)}")
+    return boundary
+
+
+def check_input(x, channels: int, name: str = "input") -> None:
+    """``x`` must be a 4-D ``(B, C, H, W)`` real floating tensor with ``C == channels``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be 4-D (B, C, H, W); got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a real floating tensor; got {x.dtype}")
+    if x.shape[1] != channels:
+        raise ValueError(
+            f"{name} has {x.shape[1]} channels but the module has channels={channels} "
+            f"(shape {tuple(x.shape)})"
+        )
+
+
+def check_kernel_fits(kernel_size: int, height: int, width: int) -> None:
+    """A periodic/FFT path needs the stencil to fit in the image."""
+    if kernel_size > height or kernel_size > width:
+        raise ValueError(
+            f"the kernel ({kernel_size}x{kernel_size}) is larger than the image ({height}x{width}); "
+            "the FFT/periodic path needs kernel_size <= height and kernel_size <= width"
+        )
+
+
+class DepthwiseConv2d(nn.Module):
+    """K_dw (eq. 5): a ``(channels, 1, k, k)`` stencil per channel, output the size of the input.
+
+    ``forward`` computes ``F.conv2d(x, weight, padding=k // 2, groups=channels)``
+    (``boundary="zeros"``) or the same with circular padding (``boundary="periodic"``);
+    ``method="fft"`` computes the periodic one through eq. (10). ``adjoint(y)`` applies Kᵀ.
+    ``backend`` selects the spectral step of the FFT path (``"auto"``, ``"reference"``, ``"cuda"``).
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, boundary: str = "zeros",
+                 method: str = "direct", backend: str = "auto", device=None, dtype=None):
+        super().__init__()
+        self.channels = self.in_channels = self.out_channels = check_channels(channels)
+        self.kernel_size = check_kernel_size(kernel_size)
+        self.boundary = check_boundary(boundary)
+        if method not in METHODS:
+            raise ValueError(f"method={method!r} is not a method; choose one of {', '.join(METHODS)}")
+        if method == "fft" and boundary != "periodic":
+            raise ValueError(
+                f"method='fft' needs boundary='periodic' (the FFT diagonalises periodic "
+                f"convolutions only); got boundary={boundary!r}"
+            )
+        self.method = method
+        self.backend = check_backend(backend)
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size, kernel_size, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # as torch.nn.Conv2d: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = k * k per channel
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def extra_repr(self) -> str:
+        return (f"{self.channels}, kernel_size={self.kernel_size}, boundary={self.boundary!r}, "
+                f"method={self.method!r}")
+
+    def _check(self, x: torch.Tensor, name: str) -> None:
+        check_input(x, self.channels, name)
+        if self.boundary == "periodic":
+            check_kernel_fits(self.kernel_size, x.shape[2], x.shape[3])
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.kernel_size // 2
+        return F.pad(x, (r, r, r, r), mode="circular")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x, "input")
+        if self.method == "fft":
+            H, W = x.shape[-2:]
+            k_hat = depthwise_symbol(self.weight, H, W)
+            y_hat = spectral_step(torch.fft.rfft2(x), k_hat, "multiply", backend=self.backend)
+            return torch.fft.irfft2(y_hat, s=(H, W))
+        if self.boundary == "periodic":
+            return F.conv2d(self._pad(x), self.weight, groups=self.channels)
+        return F.conv2d(x, self.weight, padding=self.kernel_size // 2, groups=self.channels)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Kᵀ y: periodic, the cross-correlation with the flipped stencil (conj(K̂) for ``fft``);
+        zeros, ``conv_transpose2d``."""
+        self._check(y, "y")
+        if self.method == "fft":
+            H, W = y.shape[-2:]
+            k_hat = depthwise_symbol(self.weight, H, W)
+            x_hat = spectral_step(torch.fft.rfft2(y), k_hat, "adjoint", backend=self.backend)
+            return torch.fft.irfft2(x_hat, s=(H, W))
+        if self.boundary == "periodic":
+            return F.conv2d(self._pad(y), self.weight.flip(-2, -1), groups=self.channels)
+        return F.conv_transpose2d(y, self.weight, padding=self.kernel_size // 2, groups=self.channels)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The equivalent fully coupled ``(C, C, k, k)`` weight: the stencils on the diagonal."""
+        C = self.channels
+        dense = self.weight.new_zeros(C, C, self.kernel_size, self.kernel_size)
+        idx = torch.arange(C, device=self.weight.device)
+        dense[idx, idx] = self.weight[:, 0]
+        return dense

@@ -38,7 +38,7 @@ notebooks: env
 # (nbval) and the book built with warnings as errors: what CI runs.
 test: env
 	EFFCONV_SCALE=smoke $(BIN)/python -m pytest -p no:cacheprovider -q \
-		--nbval --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg \
+		--nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		tests book
 
 clean:

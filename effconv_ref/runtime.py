@@ -35,3 +35,17 @@ def seed_everything(seed: int = 0) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def progress_bar(*args, **kwargs):
+    """A tqdm progress bar: a widget in Jupyter when ipywidgets is installed, text otherwise.
+
+    Without ipywidgets, ``tqdm.auto`` warns once on import and falls back to text; the
+    warning would end up in a notebook's stored outputs, so it is silenced here.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from tqdm.auto import tqdm
+    return tqdm(*args, **kwargs)

@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
+from effconv_ref.runtime import progress_bar
 
 from effconv_ref.runtime import device as default_device
 from effconv_ref.runtime import seed_everything
@@ -315,7 +315,7 @@ def fit(
             sampler.set_epoch(epoch)
         net.train()
         loss_sum, correct, count = 0.0, 0, 0
-        bar = tqdm(  # updated by hand: wrapping the loader would start it twice
+        bar = progress_bar(  # updated by hand: wrapping the loader would start it twice
             total=len(train_loader),
             desc=f"epoch {epoch + 1}/{epochs}",
             leave=False,

@@ -50,11 +50,12 @@ def test_first_code_cell_installs_in_colab_only(ipynb):
 
 @pytest.mark.parametrize("ipynb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_stored_outputs_are_clean(ipynb):
-    """No progress bars, widgets or errors in what the book shows."""
+    """No progress bars, widgets, warnings or errors in what the book shows."""
     notebook = json.loads(ipynb.read_text())
     for cell in notebook["cells"]:
         for out in cell.get("outputs", []):
             assert out["output_type"] != "error", f"{ipynb.name} stores an error"
+            assert out.get("name") != "stderr", f"{ipynb.name} stores stderr: {''.join(out['text'])[:200]}"
             text = "".join(out.get("text", ""))
             assert "it/s]" not in text and "s/it]" not in text, f"{ipynb.name} stores a progress bar"
             assert "application/vnd.jupyter.widget-view+json" not in out.get("data", {})

@@ -1,0 +1,128 @@
+"""The papers' speed figures as benchmark sweeps, shared by the chapters and the command line.
+
+``python -m effconv_ref.sweeps lowcost-figure1 --preset gpu`` runs the sweep of Figure 1 of
+Treister et al. and writes JSON under ``data/bench/``; the chapter plots what it finds there.
+Every record carries the time, the roofline floor beside it (flops counted by
+:func:`effconv_ref.cost.count_cost`, the fewest bytes: inputs, weights and output once) and
+the time of the fully coupled ``nn.Conv2d`` (cuDNN on a GPU) run in the same process on the
+same inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import torch
+from effconv_ref.runtime import progress_bar
+
+from effconv_ref.bench import benchmark, measure_peaks, write_results
+from effconv_ref.circulant import CirculantConv2d
+from effconv_ref.cost import count_cost
+from effconv_ref.depthwise import DepthwiseConv2d
+from effconv_ref.steps import ExplicitRDStep, ImplicitRDStep
+
+# Figure 1 of Treister et al.: batch 64, 64 x 64 pixels, 256 channels, 3 x 3 by default;
+# one of image size, kernel size and channels varies at a time. The CPU preset keeps the
+# shape of the sweep at sizes a laptop times in seconds.
+PRESETS = {
+    "gpu": dict(batch=64, image_size=64, kernel_size=3, channels=256,
+                sweeps={"image_size": [16, 32, 64, 128, 256], "kernel_size": [3, 5, 7, 9, 11],
+                        "channels": [64, 128, 256, 512, 1024]}),
+    "cpu": dict(batch=2, image_size=32, kernel_size=3, channels=64,
+                sweeps={"image_size": [16, 32, 64], "kernel_size": [3, 5, 7, 9],
+                        "channels": [16, 32, 64, 128, 256]}),
+}
+
+FIGURE1_OPERATORS = {
+    "circulant fft": lambda c, k: CirculantConv2d(c, k),
+    "depth-wise fft": lambda c, k: DepthwiseConv2d(c, k, boundary="periodic", method="fft"),
+    "depth-wise direct": lambda c, k: DepthwiseConv2d(c, k, boundary="zeros", method="direct"),
+}
+
+
+def _case(batch, channels, image_size, kernel_size, device):
+    return lambda: (torch.randn(batch, channels, image_size, image_size, device=device),)
+
+
+def lowcost_figure1(preset: str = "cpu", device=None, progress: bool = False, repeats=None) -> list[dict]:
+    """Time of the fully coupled convolution over the time of each cheap one, as in Figure 1.
+
+    Each record's ``speedup`` is ``time(nn.Conv2d, fully coupled) / time(operator)``, the
+    paper's ratio (larger is better); ``ratio`` is its inverse, as :func:`benchmark` reports.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r}; choose one of {', '.join(PRESETS)}")
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    p = PRESETS[preset]
+    peaks = measure_peaks(device)
+    cases = [(axis, value) for axis, values in p["sweeps"].items() for value in values]
+    records = []
+    with torch.no_grad():
+        for axis, value in progress_bar(cases, disable=not progress, desc="Figure 1"):
+            shape = dict(batch=p["batch"], channels=p["channels"], image_size=p["image_size"],
+                         kernel_size=p["kernel_size"])
+            shape[axis] = value
+            c, n, k = shape["channels"], shape["image_size"], shape["kernel_size"]
+            make_inputs = _case(shape["batch"], c, n, k, device)
+            full = torch.nn.Conv2d(c, c, k, padding=k // 2, bias=False).to(device)
+            for name, build in FIGURE1_OPERATORS.items():
+                op = build(c, k).to(device)
+                cost = count_cost(op, *make_inputs())
+                r = benchmark(name, op, make_inputs, flops=cost.flops, bytes=cost.bytes, peaks=peaks,
+                              baseline=full, device=device, repeats=repeats, sweep=axis, **shape)
+                r["speedup"] = r["baseline_s"] / r["time_s"]
+                records.append(r)
+    return records
+
+
+def lowcost_steps(preset: str = "cpu", device=None, repeats=None) -> list[dict]:
+    """The implicit reaction-diffusion step (eq. 11) timed against the explicit one (eq. 9)."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r}; choose one of {', '.join(PRESETS)}")
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    p = PRESETS[preset]
+    b, c, n = p["batch"], p["channels"], p["image_size"]
+    make_inputs = _case(b, c, n, 3, device)
+    explicit = ExplicitRDStep(c).to(device).eval()
+    implicit = ImplicitRDStep(c).to(device).eval()
+    records = []
+    with torch.no_grad():
+        for name, step in (("implicit RD step", implicit), ("explicit RD step", explicit)):
+            cost = count_cost(step, *make_inputs())
+            records.append(benchmark(name, step, make_inputs, flops=cost.flops, bytes=cost.bytes,
+                                     baseline=explicit, device=device, repeats=repeats,
+                                     batch=b, channels=c, image_size=n, kernel_size=3))
+    return records
+
+
+SWEEPS = {"lowcost-figure1": lowcost_figure1, "lowcost-steps": lowcost_steps}
+
+
+def default_path(sweep: str, device_name: str) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
+    return Path("data") / "bench" / f"{sweep}_{slug}.json"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m effconv_ref.sweeps", description=__doc__.split("\n")[0])
+    parser.add_argument("sweep", help=f"one of {', '.join(SWEEPS)}")
+    parser.add_argument("--preset", default=None, help="gpu or cpu (default: gpu when a GPU is present)")
+    parser.add_argument("--out", default=None, help="JSON file (default: data/bench/<sweep>_<device>.json)")
+    args = parser.parse_args(argv)
+    if args.sweep not in SWEEPS:
+        parser.error(f"unknown sweep {args.sweep!r}; choose one of {', '.join(SWEEPS)}")
+    preset = args.preset or ("gpu" if torch.cuda.is_available() else "cpu")
+    if preset not in PRESETS:
+        parser.error(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    records = SWEEPS[args.sweep](preset, progress=True) if args.sweep == "lowcost-figure1" else SWEEPS[args.sweep](preset)
+    out = Path(args.out) if args.out else default_path(args.sweep, records[0]["device"])
+    write_results(out, records, meta={"sweep": args.sweep, "preset": preset})
+    print(f"{len(records)} records written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""The benchmark sweeps of the papers' figures: records, ratios and the files they write."""
+
+import json
+
+import pytest
+import torch
+
+from effconv_ref import sweeps
+from effconv_ref.resources import data_dir, read_json
+
+TINY = dict(batch=1, image_size=8, kernel_size=3, channels=4,
+            sweeps={"image_size": [8, 16], "kernel_size": [3, 5], "channels": [4]})
+
+
+@pytest.fixture
+def tiny_preset(monkeypatch):
+    monkeypatch.setitem(sweeps.PRESETS, "tiny", TINY)
+
+
+def test_figure1_records(tiny_preset):
+    records = sweeps.lowcost_figure1("tiny", device="cpu", repeats=2)
+    assert len(records) == 5 * len(sweeps.FIGURE1_OPERATORS)
+    for r in records:
+        assert r["speedup"] == pytest.approx(r["baseline_s"] / r["time_s"])
+        assert r["speedup"] == pytest.approx(1 / r["ratio"])
+        assert r["floor_s"] > 0 and r["flops"] > 0 and r["bytes"] > 0
+        swept = r["sweep"]
+        assert r[swept] in TINY["sweeps"][swept]
+        for other in ("image_size", "kernel_size", "channels"):
+            if other != swept:
+                assert r[other] == TINY[other]
+    fft = [r for r in records if r["name"] == "depth-wise fft" and r["sweep"] == "kernel_size"]
+    assert fft[0]["flops"] == fft[1]["flops"], "the FFT path's work must not depend on the kernel size"
+
+
+def test_steps_records(tiny_preset):
+    implicit, explicit = sweeps.lowcost_steps("tiny", device="cpu", repeats=2)
+    assert (implicit["name"], explicit["name"]) == ("implicit RD step", "explicit RD step")
+    for r in (implicit, explicit):
+        assert r["ratio"] == pytest.approx(r["time_s"] / r["baseline_s"])
+        assert (r["batch"], r["channels"], r["image_size"]) == (1, 4, 8)
+    pixels, c = 8 * 8, 4
+    # explicit: the 1x1 reaction M, and K then K^T (two depth-wise 3x3), 2 flops per multiply-add
+    assert explicit["flops"] == 2 * (pixels * c * c + 2 * pixels * 9 * c)
+
+
+def test_cli_writes_json(tiny_preset, tmp_path):
+    out = tmp_path / "fig1.json"
+    assert sweeps.main(["lowcost-figure1", "--preset", "tiny", "--out", str(out)]) == 0
+    document = json.loads(out.read_text())
+    assert document["meta"] == {"sweep": "lowcost-figure1", "preset": "tiny"}
+    assert "device" in document["machine"] and len(document["records"]) == 15
+
+
+def test_cli_errors(capsys):
+    with pytest.raises(SystemExit) as exit:
+        sweeps.main(["nope"])
+    assert exit.value.code == 2
+    assert "unknown sweep 'nope'; choose one of lowcost-figure1, lowcost-steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sweeps.main(["lowcost-figure1", "--preset", "huge"])
+    assert "unknown preset 'huge'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="preset='huge'"):
+        sweeps.lowcost_figure1("huge")
+
+
+def test_default_path_names_the_device():
+    assert str(sweeps.default_path("lowcost-figure1", "NVIDIA H100 80GB HBM3")) == \
+        "data/bench/lowcost-figure1_nvidia-h100-80gb-hbm3.json"
+
+
+def test_data_dir(monkeypatch, tmp_path):
+    assert (data_dir() / "papers" / "lowcost_table2.json").exists()
+    assert read_json("papers/lowcost_table2.json")["entries"]
+    (tmp_path / "data" / "papers").mkdir(parents=True)
+    monkeypatch.setenv("EFFCONV_REPO", str(tmp_path))
+    assert data_dir() == tmp_path / "data"
+
+
+def test_data_dir_missing(monkeypatch, tmp_path):
+    import effconv_ref.resources as resources
+
+    monkeypatch.setattr(resources, "__file__", str(tmp_path / "pkg" / "resources.py"))
+    monkeypatch.delenv("EFFCONV_REPO", raising=False)
+    with pytest.raises(FileNotFoundError, match="set EFFCONV_REPO"):
+        data_dir()

@@ -237,7 +237,6 @@ def _measure(device: str) -> Peaks:
     src = torch.empty(copy_mb * 2**20 // 4, dtype=torch.float32, device=dev).uniform_()
     dst = torch.empty_like(src)
     copy = _time_on(lambda: dst.copy_(src), [()], dev, warmup=2, repeats=repeats)
-    del src, dst
     a, b = (torch.randn(n, n, device=dev) for _ in range(2))
     mm = _time_on(lambda: torch.mm(a, b), [()], dev, warmup=2, repeats=repeats)
     return Peaks(

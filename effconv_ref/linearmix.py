@@ -79,7 +79,7 @@ class LinearMix(nn.Module):
 
     def dense_weight(self) -> torch.Tensor:
         """``(C, C, k, k)``: ``pointwise`` at the centre tap plus the depth-wise stencils on the diagonal."""
-        C, k, r = self.channels, self.kernel_size, self.kernel_size // 2
+        C, r = self.channels, self.kernel_size // 2
         dense = F.pad(self.pointwise, (r, r, r, r))
         idx = torch.arange(C, device=dense.device)
         return dense.index_put((idx, idx), dense[idx, idx] + self.depthwise[:, 0])

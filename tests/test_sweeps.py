@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from effconv_ref import sweeps
 from effconv_ref.resources import data_dir, read_json

@@ -1,0 +1,18 @@
+"""Shared test helpers."""
+
+import os
+
+import pytest
+
+from effconv_ref import kernels
+
+
+@pytest.fixture
+def nvcc():
+    """For tests that compile a CUDA kernel: skip without a compiler, but never in CI,
+    which must prove that every kernel compiles."""
+    reason = kernels.why_cannot_compile()
+    if reason is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI must compile the CUDA kernels, but: {reason}")
+        pytest.skip(reason)

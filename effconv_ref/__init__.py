@@ -4,6 +4,7 @@ in plain PyTorch and, where the paper promises speed, a fast GPU path."""
 from effconv_ref.runtime import SCALES, device, scale, seed_everything
 from effconv_ref.circulant import CirculantConv2d
 from effconv_ref.depthwise import DepthwiseConv2d
+from effconv_ref.lean import LeanConv2d
 from effconv_ref.linearmix import LinearMix
 from effconv_ref.steps import (
     CirculantRDStep,
@@ -23,6 +24,7 @@ __all__ = [
     "DepthwiseConv2d",
     "ExplicitRDStep",
     "ImplicitRDStep",
+    "LeanConv2d",
     "LinearMix",
     "LinearMixStep",
     "MobileNetStep",

@@ -195,6 +195,32 @@ def pointwise_cost(
                        groups=groups, bias=bias, batch=batch, dtype_bytes=dtype_bytes)
 
 
+def lean_cost(
+    in_channels: int,
+    out_channels: int,
+    height: int,
+    width: int,
+    *,
+    stride: int = 1,
+    bias: bool = False,
+    batch: int = 1,
+    dtype_bytes: int = 4,
+) -> Cost:
+    """The lean convolution of Ephrath et al. (eqs. 3-4): a 1x1 convolution plus four
+    off-centre taps on the first ``min(in, out)`` channels, zero padding 1.
+
+    Parameters ``in * out + 4 * min(in, out)``; MACs ``batch * Ho * Wo * (in * out + 4 * min)``
+    (the centre tap is the 1x1 weight ``alpha_ii``, counted once); bytes as one pass: input,
+    weights and output once each.
+    """
+    out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
+    taps = 4 * min(in_channels, out_channels)
+    params = in_channels * out_channels + taps + (out_channels if bias else 0)
+    macs = batch * out_h * out_w * (in_channels * out_channels + taps)
+    moved = batch * in_channels * height * width + params + batch * out_channels * out_h * out_w
+    return Cost(params=params, macs=macs, bytes=dtype_bytes * moved)
+
+
 def fft_flops(n_points: int | Sequence[int], n_transforms: int = 1, real: bool = False) -> float:
     """The standard *estimate* of an FFT's cost: ``5 N log2 N`` flops for a complex FFT of
     ``N`` points, ``2.5 N log2 N`` for a transform of real input (or to real output).

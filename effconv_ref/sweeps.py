@@ -20,8 +20,10 @@ from effconv_ref.runtime import progress_bar
 
 from effconv_ref.bench import benchmark, measure_peaks, write_results
 from effconv_ref.circulant import CirculantConv2d
-from effconv_ref.cost import count_cost
+from effconv_ref.cost import count_cost, lean_cost
+from effconv_ref.backend import resolve_backend
 from effconv_ref.depthwise import DepthwiseConv2d
+from effconv_ref.lean import LeanConv2d
 from effconv_ref.steps import ExplicitRDStep, ImplicitRDStep
 
 # Figure 1 of Treister et al.: batch 64, 64 x 64 pixels, 256 channels, 3 x 3 by default;
@@ -98,7 +100,91 @@ def lowcost_steps(preset: str = "cpu", device=None, repeats=None) -> list[dict]:
     return records
 
 
-SWEEPS = {"lowcost-figure1": lowcost_figure1, "lowcost-steps": lowcost_steps}
+# Figure 1 of Ephrath et al.: "a typical network", 16 channels at 512 x 512 down to 512 channels
+# at 16 x 16 (channels doubled as the image is halved), batch 64. The CPU preset keeps the
+# progression at a size a laptop times in seconds.
+LEAN_LAYERS = {
+    "gpu": dict(batch=64, layers=[(16, 512), (32, 256), (64, 128), (128, 64), (256, 32), (512, 16)]),
+    "cpu": dict(batch=2, layers=[(16, 128), (32, 64), (64, 32), (128, 16), (256, 8), (512, 4)]),
+}
+
+
+class _Sequence(torch.nn.Sequential):
+    """Two layers applied one after the other (the paper's "1x1 then depth-wise")."""
+
+
+class _Sum(torch.nn.Module):
+    """PyTorch's unfused lean convolution: ``1x1(x) + depth-wise(x)``, two passes and an add."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.pointwise = torch.nn.Conv2d(c, c, 1, bias=False)
+        self.depthwise = torch.nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False)
+
+    def forward(self, x):
+        return self.pointwise(x) + self.depthwise(x)
+
+
+def expanded_width(c: int) -> int:
+    """``m`` such that an expanded 1x1 convolution ``m -> 6m`` has about the ``c²`` weights of a square one."""
+    return max(1, round(c / 6 ** 0.5))
+
+
+def lean_operators(c: int) -> dict:
+    """The operators of Figure 1 of Ephrath et al. for a layer of ``c`` channels, and the input width each takes."""
+    m = expanded_width(c)
+    return {
+        "lean (LeanConv2d)": (LeanConv2d(c, c), c),
+        "1x1 + depth-wise + add (PyTorch)": (_Sum(c), c),
+        "1x1 then depth-wise": (_Sequence(torch.nn.Conv2d(c, c, 1, bias=False),
+                                          torch.nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False)), c),
+        "expanded 1x1 (x6) then depth-wise": (_Sequence(torch.nn.Conv2d(m, 6 * m, 1, bias=False),
+                                                        torch.nn.Conv2d(6 * m, 6 * m, 3, padding=1, groups=6 * m, bias=False)), m),
+        "1x1 alone": (torch.nn.Conv2d(c, c, 1, bias=False), c),
+    }
+
+
+def lean_figure1(preset: str = "cpu", device=None, progress: bool = False, repeats=None) -> list[dict]:
+    """Time of each reduced operator over the time of a 3x3 convolution, layer by layer (Figure 1).
+
+    ``ratio`` is ``time(operator) / time(3x3 nn.Conv2d)`` (lower is faster), the paper's measure;
+    ``vs_1x1`` is the operator's time over the bare ``1x1 alone`` of the same layer.
+    """
+    if preset not in LEAN_LAYERS:
+        raise ValueError(f"preset={preset!r}; choose one of {', '.join(LEAN_LAYERS)}")
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    batch, layers = LEAN_LAYERS[preset]["batch"], LEAN_LAYERS[preset]["layers"]
+    peaks = measure_peaks(device)
+    records = []
+    with torch.no_grad():
+        for c, n in progress_bar(layers, disable=not progress, desc="Figure 1 (lean)"):
+            full = torch.nn.Conv2d(c, c, 3, padding=1, bias=False).to(device)
+            layer = []
+            for name, (op, c_in) in lean_operators(c).items():
+                op = op.to(device)
+                make_inputs = _case(batch, c_in, n, 3, device)
+                # the fused kernel is invisible to FlopCounterMode (and the unfused sum counts a full
+                # 3x3 depth-wise stencil): the lean operators are counted by their formula
+                cost = lean_cost(c, c, n, n, batch=batch) if name.startswith(("lean", "1x1 + depth-wise")) \
+                    else count_cost(op, *make_inputs())
+                baseline_inputs = _case(batch, c, n, 3, device)
+                r = benchmark(name, op, make_inputs, flops=cost.flops, bytes=cost.bytes, peaks=peaks,
+                              device=device, repeats=repeats, batch=batch, channels=c, image_size=n,
+                              params=sum(p.numel() for p in op.parameters()))
+                r["baseline_s"] = benchmark("3x3", full, baseline_inputs, flops=1, bytes=1, peaks=peaks,
+                                            device=device, repeats=repeats)["time_s"]
+                r["ratio"] = r["time_s"] / r["baseline_s"]
+                # LeanConv2d runs its fused kernel on a GPU and its reference path elsewhere
+                r["path"] = resolve_backend("auto", make_inputs()[0]) if isinstance(op, LeanConv2d) else "torch"
+                layer.append(r)
+            one_by_one = next(r for r in layer if r["name"] == "1x1 alone")["time_s"]
+            for r in layer:
+                r["vs_1x1"] = r["time_s"] / one_by_one
+            records += layer
+    return records
+
+
+SWEEPS = {"lowcost-figure1": lowcost_figure1, "lowcost-steps": lowcost_steps, "lean-figure1": lean_figure1}
 
 
 def default_path(sweep: str, device_name: str) -> Path:
@@ -115,9 +201,11 @@ def main(argv=None) -> int:
     if args.sweep not in SWEEPS:
         parser.error(f"unknown sweep {args.sweep!r}; choose one of {', '.join(SWEEPS)}")
     preset = args.preset or ("gpu" if torch.cuda.is_available() else "cpu")
-    if preset not in PRESETS:
-        parser.error(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    records = SWEEPS[args.sweep](preset, progress=True) if args.sweep == "lowcost-figure1" else SWEEPS[args.sweep](preset)
+    presets = LEAN_LAYERS if args.sweep == "lean-figure1" else PRESETS
+    if preset not in presets:
+        parser.error(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
+    sweep = SWEEPS[args.sweep]
+    records = sweep(preset, progress=True) if args.sweep.endswith("figure1") else sweep(preset)
     out = Path(args.out) if args.out else default_path(args.sweep, records[0]["device"])
     write_results(out, records, meta={"sweep": args.sweep, "preset": preset})
     print(f"{len(records)} records written to {out}")

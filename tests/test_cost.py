@@ -11,6 +11,7 @@ from effconv_ref.cost import (
     bound,
     conv2d_cost,
     count_cost,
+    lean_cost,
     count_params,
     depthwise_cost,
     fft_flops,
@@ -128,3 +129,12 @@ def test_bad_conv_arguments():
         conv2d_cost(3, 3, 7, 4, 4, padding=0)
     with pytest.raises(ValueError, match="height"):
         conv2d_cost(3, 3, 3, 0, 4)
+
+
+def test_lean_cost_by_hand():
+    """in=6, out=4 at 5x7, stride 2, batch 3: 24 + 16 weights; output 3x4."""
+    c = lean_cost(6, 4, 5, 7, stride=2, batch=3)
+    assert c.params == 6 * 4 + 4 * 4
+    assert c.macs == 3 * 3 * 4 * (6 * 4 + 4 * 4)
+    assert c.bytes == 4 * (3 * 6 * 5 * 7 + 40 + 3 * 4 * 3 * 4)
+    assert lean_cost(4, 6, 8, 8, bias=True).params == 24 + 16 + 6

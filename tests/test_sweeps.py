@@ -55,7 +55,7 @@ def test_cli_errors(capsys):
     with pytest.raises(SystemExit) as exit:
         sweeps.main(["nope"])
     assert exit.value.code == 2
-    assert "unknown sweep 'nope'; choose one of lowcost-figure1, lowcost-steps" in capsys.readouterr().err
+    assert f"unknown sweep 'nope'; choose one of {', '.join(sweeps.SWEEPS)}" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         sweeps.main(["lowcost-figure1", "--preset", "huge"])
     assert "unknown preset 'huge'" in capsys.readouterr().err
@@ -83,3 +83,20 @@ def test_data_dir_missing(monkeypatch, tmp_path):
     monkeypatch.delenv("EFFCONV_REPO", raising=False)
     with pytest.raises(FileNotFoundError, match="set EFFCONV_REPO"):
         data_dir()
+
+
+def test_lean_figure1_records(monkeypatch):
+    monkeypatch.setitem(sweeps.LEAN_LAYERS, "tiny", dict(batch=1, layers=[(6, 8), (12, 4)]))
+    records = sweeps.lean_figure1("tiny", device="cpu", repeats=2)
+    assert len(records) == 2 * 5
+    for r in records:
+        assert r["ratio"] == pytest.approx(r["time_s"] / r["baseline_s"])
+        assert r["floor_s"] > 0
+    lean = [r for r in records if r["name"] == "lean (LeanConv2d)"]
+    assert [r["path"] for r in lean] == ["reference", "reference"]
+    assert [r["params"] for r in lean] == [6 * 6 + 4 * 6, 12 * 12 + 4 * 12]
+    for c in (6, 12):
+        layer = {r["name"]: r for r in records if r["channels"] == c}
+        assert layer["1x1 alone"]["vs_1x1"] == 1.0
+        m = sweeps.expanded_width(c)
+        assert layer["expanded 1x1 (x6) then depth-wise"]["params"] == 6 * m * m + 9 * 6 * m

@@ -184,6 +184,23 @@ def lean_figure1(preset: str = "cpu", device=None, progress: bool = False, repea
     return records
 
 
+def lean_targets(records: list[dict], min_channels: int = 64) -> dict:
+    """The fused kernel's targets, read off a :func:`lean_figure1` run.
+
+    ``worst_vs_1x1``: the largest time of ``LeanConv2d`` over the bare 1x1 convolution of the
+    same layer, among layers of at least ``min_channels`` channels (target: at most 1.1);
+    ``beats_unfused``: whether ``LeanConv2d`` is faster than PyTorch's ``1x1 + depth-wise + add``
+    at every layer.
+    """
+    lean = [r for r in records if r["name"] == "lean (LeanConv2d)"]
+    unfused = {r["channels"]: r["time_s"] for r in records if r["name"] == "1x1 + depth-wise + add (PyTorch)"}
+    wide = [r["vs_1x1"] for r in lean if r["channels"] >= min_channels]
+    return {
+        "worst_vs_1x1": max(wide) if wide else None,
+        "beats_unfused": all(r["time_s"] < unfused[r["channels"]] for r in lean),
+    }
+
+
 SWEEPS = {"lowcost-figure1": lowcost_figure1, "lowcost-steps": lowcost_steps, "lean-figure1": lean_figure1}
 
 

@@ -35,7 +35,7 @@ from effconv_ref.runtime import device as default_device
 from effconv_ref.runtime import seed_everything
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "step", "constant", "halve/N")
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
 HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
@@ -67,17 +67,29 @@ def distillation_loss(
     return alpha * t * t * soft + (1.0 - alpha) * F.cross_entropy(student_logits, targets)
 
 
+def check_schedule(schedule: str) -> str:
+    """Validate a schedule name: one of :data:`SCHEDULES`, ``halve/N`` with a whole ``N >= 1``."""
+    if schedule in SCHEDULES[:3]:
+        return schedule
+    if schedule.startswith("halve/") and schedule[6:].isdigit() and int(schedule[6:]) >= 1:
+        return schedule
+    raise ValueError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)} (e.g. halve/60)")
+
+
 def lr_at(epoch: int, epochs: int, lr: float, schedule: str = "cosine") -> float:
     """Learning rate of epoch ``epoch`` (0-based) out of ``epochs``: ``cosine`` decays
     ``lr * (1 + cos(pi * epoch / epochs)) / 2``; ``step`` divides by 10 at 50% and 75% of
-    the epochs (He et al., 2016); ``constant`` keeps ``lr``."""
+    the epochs (He et al., 2016); ``constant`` keeps ``lr``; ``halve/N`` halves it every
+    ``N`` epochs (the recipes of Treister et al., N = 60, and Ephrath et al., N = 75)."""
+    check_schedule(schedule)
+    if schedule.startswith("halve/"):
+        return lr * 0.5 ** (epoch // int(schedule[6:]))
     if schedule == "cosine":
         return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
     if schedule == "step":
         return lr * 0.1 ** ((epoch >= epochs // 2) + (epoch >= (3 * epochs) // 4))
     if schedule == "constant":
         return lr
-    raise ValueError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
 
 
 def _make_optimizer(name, parameters, lr, momentum, weight_decay):
@@ -247,8 +259,7 @@ def fit(
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    check_schedule(schedule)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
     if not 0.0 <= distill_alpha <= 1.0:
@@ -422,8 +433,10 @@ def main(argv=None) -> int:
         return fail(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(data.DATASETS)}")
     if args.optimizer not in OPTIMIZERS:
         return fail(f"unknown optimizer {args.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-    if args.schedule not in SCHEDULES:
-        return fail(f"unknown schedule {args.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    try:
+        check_schedule(args.schedule)
+    except ValueError as error:
+        return fail(str(error))
     for name in ("epochs", "batch_size", "size"):
         value = getattr(args, name)
         if value is not None and value < 1:

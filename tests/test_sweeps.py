@@ -100,3 +100,18 @@ def test_lean_figure1_records(monkeypatch):
         assert layer["1x1 alone"]["vs_1x1"] == 1.0
         m = sweeps.expanded_width(c)
         assert layer["expanded 1x1 (x6) then depth-wise"]["params"] == 6 * m * m + 9 * 6 * m
+
+
+def test_lean_targets_read_the_records():
+    def rec(name, c, t, vs):
+        return {"name": name, "channels": c, "time_s": t, "vs_1x1": vs}
+
+    records = [rec("lean (LeanConv2d)", 32, 2.0, 3.0), rec("lean (LeanConv2d)", 64, 1.2, 1.05),
+               rec("lean (LeanConv2d)", 128, 1.0, 1.3),
+               rec("1x1 + depth-wise + add (PyTorch)", 32, 2.5, 4.0),
+               rec("1x1 + depth-wise + add (PyTorch)", 64, 1.5, 1.4),
+               rec("1x1 + depth-wise + add (PyTorch)", 128, 0.9, 1.2)]
+    met = sweeps.lean_targets(records)
+    assert met == {"worst_vs_1x1": 1.3, "beats_unfused": False}   # 32 channels is below the bar
+    records[-1]["time_s"] = 1.1
+    assert sweeps.lean_targets(records)["beats_unfused"] is True

@@ -163,6 +163,13 @@ def test_schedules():
     assert lr_at(5, 10, 0.1) == pytest.approx(0.05)
     assert [lr_at(e, 4, 1.0, "step") for e in range(4)] == [1.0, 1.0, pytest.approx(0.1), pytest.approx(0.01)]
     assert lr_at(9, 10, 0.1, "constant") == 0.1
+    # the papers' recipes: halve every 60 (Treister et al.) or 75 (Ephrath et al.) epochs
+    assert [lr_at(e, 300, 0.01, "halve/60") for e in (0, 59, 60, 119, 120, 299)] == \
+        [0.01, 0.01, 0.005, 0.005, 0.0025, 0.01 / 16]
+    assert lr_at(75, 300, 0.1, "halve/75") == 0.05
+    for bad in ("halve/", "halve/0", "halve/x", "linear"):
+        with pytest.raises(ValueError, match="unknown schedule"):
+            lr_at(0, 10, 0.1, bad)
 
 
 def test_distillation_loss_matches_hand_computation():

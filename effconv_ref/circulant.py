@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from effconv_ref.backend import check_backend
-from effconv_ref.depthwise import check_channels, check_input, check_kernel_fits, check_kernel_size
+from effconv_ref.checks import check_channels, check_input, check_kernel_fits, check_kernel_size
 from effconv_ref.ops.spectral_step import embed_stencil, spectral_step
 
 __all__ = ["CirculantConv2d", "circulant_symbol"]

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from effconv_ref.backend import check_backend
-from effconv_ref.ops.lean_conv import check_lean_input, check_stride, lean_conv2d, lean_dense_weight
+from effconv_ref.checks import check_input
+from effconv_ref.ops.lean_conv import check_stride, lean_conv2d, lean_dense_weight
 
 __all__ = ["LeanConv2d"]
 
@@ -83,7 +84,7 @@ class LeanConv2d(nn.Module):
         return text
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_lean_input(x, self.in_channels)
+        check_input(x, self.in_channels, argument="in_channels")
         return lean_conv2d(x, self.pointwise, self.stencil, self.bias, self.stride, self.backend)
 
     def dense_weight(self) -> torch.Tensor:

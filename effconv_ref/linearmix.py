@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effconv_ref.depthwise import (
+from effconv_ref.checks import (
     check_boundary,
     check_channels,
     check_input,

@@ -107,7 +107,7 @@ def test_errors():
     m = CirculantConv2d(3, 5)
     with pytest.raises(ValueError, match="kernel .5x5. is larger than the image .5x4."):
         m(torch.randn(1, 3, 5, 4))
-    with pytest.raises(ValueError, match="input has 4 channels but the module has channels=3"):
+    with pytest.raises(ValueError, match="input has 4 channels but channels=3"):
         m(torch.randn(1, 4, 6, 6))
     with pytest.raises(ValueError, match=r"y must be 4-D \(B, C, H, W\)"):
         m.adjoint(torch.randn(3, 6, 6))

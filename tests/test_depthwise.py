@@ -131,7 +131,7 @@ def test_errors():
         m(torch.randn(1, 3, 4, 6))
     with pytest.raises(ValueError, match="kernel .5x5. is larger than the image"):
         DepthwiseConv2d(3, 5, boundary="periodic")(torch.randn(1, 3, 6, 3))
-    with pytest.raises(ValueError, match="input has 2 channels but the module has channels=3"):
+    with pytest.raises(ValueError, match="input has 2 channels but channels=3"):
         m(torch.randn(1, 2, 6, 6))
     with pytest.raises(ValueError, match="y has 2 channels"):
         m.adjoint(torch.randn(1, 2, 6, 6))

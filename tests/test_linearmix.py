@@ -75,7 +75,7 @@ def test_errors():
     with pytest.raises(ValueError, match="boundary='circular' is not a boundary"):
         LinearMix(3, 3, boundary="circular")
     m = LinearMix(3, 5, boundary="periodic")
-    with pytest.raises(ValueError, match="input has 2 channels but the module has channels=3"):
+    with pytest.raises(ValueError, match="input has 2 channels but channels=3"):
         m(torch.randn(1, 2, 6, 6))
     with pytest.raises(ValueError, match=r"input must be 4-D \(B, C, H, W\)"):
         m(torch.randn(1, 1, 3, 6, 6))

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from effconv_ref.backend import resolve_backend
+from effconv_ref.checks import check_input
 from effconv_ref.kernels import load_cuda
 
 __all__ = [
@@ -198,20 +199,6 @@ def check_stride(stride) -> int:
     return stride
 
 
-def check_lean_input(x, in_channels: int, name: str = "input") -> None:
-    """``x`` must be a 4-D ``(B, C, H, W)`` real floating tensor with ``C == in_channels``."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be 4-D (B, C, H, W); got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a real floating tensor; got {x.dtype}")
-    if x.shape[1] != in_channels:
-        raise ValueError(
-            f"{name} has {x.shape[1]} channels but in_channels={in_channels} (shape {tuple(x.shape)})"
-        )
-
-
 def _check_parameters(pointwise, stencil, bias) -> None:
     if pointwise.dim() != 4 or pointwise.shape[2:] != (1, 1):
         raise ValueError(f"pointwise must be (out, in, 1, 1); got shape {tuple(pointwise.shape)}")
@@ -235,7 +222,7 @@ def lean_conv2d(x: torch.Tensor, pointwise: torch.Tensor, stencil: torch.Tensor,
     float32/float16/bfloat16 input), or ``"auto"`` (the kernel when it can run, else the reference).
     """
     _check_parameters(pointwise, stencil, bias)
-    check_lean_input(x, pointwise.shape[1])
+    check_input(x, pointwise.shape[1], argument="in_channels")
     check_stride(stride)
     if backend == "cuda" and x.dtype not in CUDA_DTYPES:
         raise TypeError(

@@ -80,13 +80,16 @@ class DepthwiseConv2d(nn.Module):
         r = self.kernel_size // 2
         return F.pad(x, (r, r, r, r), mode="circular")
 
+    def _spectral(self, x: torch.Tensor, mode: str) -> torch.Tensor:
+        """Eq. (10): ``F⁻¹(K̂ ⊙ F x)`` (``mode="multiply"``) or with ``conj(K̂)`` (``"adjoint"``)."""
+        H, W = x.shape[-2:]
+        k_hat = depthwise_symbol(self.weight, H, W)
+        return torch.fft.irfft2(spectral_step(torch.fft.rfft2(x), k_hat, mode, backend=self.backend), s=(H, W))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, "input")
         if self.method == "fft":
-            H, W = x.shape[-2:]
-            k_hat = depthwise_symbol(self.weight, H, W)
-            y_hat = spectral_step(torch.fft.rfft2(x), k_hat, "multiply", backend=self.backend)
-            return torch.fft.irfft2(y_hat, s=(H, W))
+            return self._spectral(x, "multiply")
         if self.boundary == "periodic":
             return F.conv2d(self._pad(x), self.weight, groups=self.channels)
         return F.conv2d(x, self.weight, padding=self.kernel_size // 2, groups=self.channels)
@@ -96,10 +99,7 @@ class DepthwiseConv2d(nn.Module):
         zeros, ``conv_transpose2d``."""
         self._check(y, "y")
         if self.method == "fft":
-            H, W = y.shape[-2:]
-            k_hat = depthwise_symbol(self.weight, H, W)
-            x_hat = spectral_step(torch.fft.rfft2(y), k_hat, "adjoint", backend=self.backend)
-            return torch.fft.irfft2(x_hat, s=(H, W))
+            return self._spectral(y, "adjoint")
         if self.boundary == "periodic":
             return F.conv2d(self._pad(y), self.weight.flip(-2, -1), groups=self.channels)
         return F.conv_transpose2d(y, self.weight, padding=self.kernel_size // 2, groups=self.channels)

@@ -173,6 +173,20 @@ class PreActStep(nn.Module):
         return self.shortcut(y) + self.conv2(F.relu(self.norm2(z)))
 
 
+def table2_stages(in_channels: int, widths: Sequence[int], steps: Sequence[int], make_step) -> list[list[nn.Module]]:
+    """Table 2's skeleton: ``steps[i]`` steps of width ``widths[i]``, built by
+    ``make_step(in_channels, out_channels, stride)``; the first step of every stage but the
+    first has stride 2 and changes the width."""
+    stages, channels = [], in_channels
+    for index, (width, count) in enumerate(zip(widths, steps)):
+        stage = []
+        for j in range(count):
+            stage.append(make_step(channels, width, 2 if index > 0 and j == 0 else 1))
+            channels = width
+        stages.append(stage)
+    return stages
+
+
 class PaperResNet(nn.Module):
     """Section 3's network: a 3x3 opening convolution, stages of :class:`PreActStep` (the
     first step of every stage but the first halves the map and changes the width), a final
@@ -199,15 +213,10 @@ class PaperResNet(nn.Module):
             raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}")
         self.widths, self.steps, self.conv = widths, steps, conv
         self.opening = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
-        stages, channels = [], widths[0]
-        for index, (width, count) in enumerate(zip(widths, steps)):
-            blocks = []
-            for j in range(count):
-                stride = 2 if index > 0 and j == 0 else 1
-                blocks.append(PreActStep(channels, width, stride, conv=conv, backend=backend))
-                channels = width
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
+        stages = table2_stages(widths[0], widths, steps,
+                               lambda c_in, c_out, stride: PreActStep(c_in, c_out, stride, conv=conv, backend=backend))
+        self.stages = nn.Sequential(*(nn.Sequential(*stage) for stage in stages))
+        channels = widths[-1]
         self.norm = nn.BatchNorm2d(channels)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)

@@ -73,7 +73,7 @@ import torch.nn as nn
 from torchvision.models import mobilenetv2, shufflenetv2
 from torchvision.ops.misc import Conv2dNormActivation
 
-from effconv_ref.models.lean import NETWORKS
+from effconv_ref.models.lean import NETWORKS, table2_stages
 from effconv_ref.models.registry import register
 from effconv_ref.shift import Shift2d
 
@@ -124,15 +124,12 @@ class MobileNetV2Small(nn.Module):
         thin = [bottleneck_width(w) for w in widths]
         self.widths, self.steps = widths, steps
         layers = [Conv2dNormActivation(in_channels, thin[0], 3, stride=1, activation_layer=nn.ReLU6)]
-        channels = thin[0]
-        for index, (c, count) in enumerate(zip(thin, steps)):
-            for j in range(count):
-                stride = 2 if index > 0 and j == 0 else 1
-                layers.append(mobilenetv2.InvertedResidual(channels, c, stride, expand_ratio=EXPANSION))
-                channels = c
+        for stage in table2_stages(thin[0], thin, steps, lambda c_in, c_out, stride:
+                                   mobilenetv2.InvertedResidual(c_in, c_out, stride, expand_ratio=EXPANSION)):
+            layers += stage
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels, num_classes)
+        self.fc = nn.Linear(thin[-1], num_classes)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out")
@@ -211,15 +208,11 @@ class ShiftResNet(nn.Module):
         thin = [bottleneck_width(w) for w in widths]
         self.widths, self.steps = widths, steps
         layers = [Conv2dNormActivation(in_channels, thin[0], 3)]
-        channels = thin[0]
-        for index, (c, count) in enumerate(zip(thin, steps)):
-            for j in range(count):
-                stride = 2 if index > 0 and j == 0 else 1
-                layers.append(CSCBlock(channels, c, stride))
-                channels = c
+        for stage in table2_stages(thin[0], thin, steps, CSCBlock):
+            layers += stage
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels, num_classes)
+        self.fc = nn.Linear(thin[-1], num_classes)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

@@ -45,8 +45,9 @@ has the per-operator detail):
 - an empty batch (``N = 0``) returns an empty batch.
 - non-finite input: in training mode ``BatchNorm2d``'s batch statistics turn one ``inf`` into
   ``nan`` for the whole batch. In evaluation mode it stays in its sample, and spreads within it
-  as its operators do: a neighbourhood for the convolutions, every channel of the sample for
-  ``ImplicitRDStep`` (the 1x1 reaction reaches every channel, the FFT solve every pixel) and
+  as its operators do: a neighbourhood for the convolutions; whole channels for
+  ``ImplicitRDStep`` (its own channel, and every channel whose reaction ``σ(N(M y))`` is ``+inf``
+  there, since the FFT solve mixes every pixel of a channel); the whole sample for
   ``CirculantRDStep`` (the 3-D FFT).
 - TorchScript is not supported (use ``torch.compile`` or ``torch.jit.trace``).
 """

@@ -45,12 +45,19 @@ def check_input(x, channels: int, name: str = "input", argument: str = "channels
         raise ValueError(f"{name} must have height >= 1 and width >= 1; got shape {tuple(x.shape)}")
 
 
+def under_autocast(x: torch.Tensor) -> bool:
+    """Whether ``torch.autocast`` is on for ``x``'s device (never for a device autocast does not
+    know, such as ``meta``, which the cost counting uses)."""
+    device = x.device.type
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
 def check_dtype(x: torch.Tensor, *parameters: torch.Tensor, name: str = "input") -> None:
     """Outside ``torch.autocast`` the input and the parameters must have one dtype.
 
     Under autocast they may differ: autocast chooses the dtype each operation computes in.
     """
-    if torch.is_autocast_enabled(x.device.type):
+    if under_autocast(x):
         return
     for p in parameters:
         if p.dtype != x.dtype:

@@ -34,7 +34,8 @@ stay comparable; the implicit step is stable for any ``h > 0``. Every RD step ac
 ``0 < h <= MAX_H = 1e6``: a time step, not a limit to take. Far beyond it the product
 ``h σ(N(M y))`` overflows float32 (``h = 1e300`` is ``inf`` there) and the FFT turns that
 ``inf`` into ``nan``; 1e6 is five orders of magnitude past every ``h`` the book uses and leaves
-``h σ(·)`` finite in float32 for activations up to 1e32.
+``h σ(·)`` finite in float32 for activations up to 1e32. (float16 holds only up to 65504:
+a step run in float16 overflows for much smaller ``h``; use autocast or bfloat16 there.)
 
 **Outside the math**, shared by every step (the README's table "What each operator supports"
 has the per-operator detail):

@@ -409,3 +409,11 @@ def test_the_readme_table_lists_every_operator_and_step():
     assert "`implicit_solve`" in section
     for word in ("float16", "bfloat16", "autocast", "TorchScript", "torch.compile", "nan", "B = 0"):
         assert word in section, word
+
+
+@pytest.mark.parametrize("name", PATHS)
+def test_the_dtype_checks_let_the_meta_device_through(name):
+    """Cost counting runs every operator on the ``meta`` device, which autocast does not know."""
+    m, out_channels, stride = make(name)
+    y = m.to("meta")(torch.empty(2, C, H, W, device="meta"))
+    assert y.shape == out_shape(2, out_channels, stride) and y.device.type == "meta"

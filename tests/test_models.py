@@ -26,7 +26,7 @@ def test_unknown_model_is_one_line_naming_the_choices():
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("unknown model 'resnet/resnet21'; did you mean 'resnet/resnet20'")
-    assert message.endswith("; choose one of: " + ", ".join(models.list_models()))
+    assert message.endswith("? choose one of: " + ", ".join(models.list_models()))
 
 
 def test_duplicate_registration_raises(monkeypatch):

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from effconv_ref.backend import resolve_backend
-from effconv_ref.checks import check_dtype, check_input
+from effconv_ref.checks import check_dtype, check_input, under_autocast
 from effconv_ref.kernels import load_cuda
 
 __all__ = [
@@ -245,7 +245,7 @@ def lean_conv2d(x: torch.Tensor, pointwise: torch.Tensor, stencil: torch.Tensor,
         path = "reference"  # "auto": the kernel does not take this dtype
     if path == "reference":
         return lean_conv2d_reference(x, pointwise, stencil, bias, stride)
-    if torch.is_autocast_enabled(x.device.type):  # as autocast does for nn.Conv2d
+    if under_autocast(x):  # as autocast does for nn.Conv2d
         dtype = torch.get_autocast_dtype(x.device.type)
         x, pointwise, stencil = x.to(dtype), pointwise.to(dtype), stencil.to(dtype)
         bias = None if bias is None else bias.to(dtype)

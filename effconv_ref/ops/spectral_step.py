@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from effconv_ref.backend import resolve_backend
+from effconv_ref.checks import under_autocast
 from effconv_ref.kernels import load_cuda
 
 MODES = ("multiply", "adjoint", "solve")
@@ -209,7 +210,7 @@ def fft_dtypes(x: torch.Tensor, backend: str = "auto") -> tuple:
     GPU, a CUDA input, float32 computation).
     """
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    result = compute if torch.is_autocast_enabled(x.device.type) else x.dtype
+    result = compute if under_autocast(x) else x.dtype
     if backend == "cuda":
         resolve_backend(backend, x)
         if compute != torch.float32:

@@ -1,7 +1,15 @@
 """Choosing between an operator's two paths: ``reference`` (plain PyTorch) and ``cuda`` (a kernel).
 
 ``"auto"`` takes the kernel when the input is on a GPU and the kernel can be compiled, and
-the reference otherwise; ``"cuda"`` insists, and says clearly why it cannot.
+the reference otherwise; ``"cuda"`` insists, and says clearly why it cannot. Operators check
+``backend=`` when they are built (:func:`check_backend`) and resolve it per input
+(:func:`resolve_backend`), before any work.
+
+The two paths compute the same function, so ``"auto"`` changes the speed, not the answer, with
+one exception: a non-finite input to :class:`~effconv_ref.lean.LeanConv2d`, where the
+reference path gives ``nan`` at the zero taps of its 3x3 kernel and the kernel does not (see
+:func:`~effconv_ref.ops.lean_conv.lean_conv2d`). On the FFT paths both spectral steps see the same
+spectra, so a non-finite input gives the same ``nan`` on either.
 """
 
 import torch

@@ -30,8 +30,9 @@ def check_boundary(boundary: str) -> str:
 
 
 def check_input(x, channels: int, name: str = "input", argument: str = "channels") -> None:
-    """``x`` must be a 4-D ``(B, C, H, W)`` real floating tensor with ``C == channels``;
-    ``argument`` names where ``channels`` came from (``channels``, ``in_channels``)."""
+    """``x`` must be a 4-D ``(B, C, H, W)`` real floating tensor with ``C == channels`` and
+    ``H, W >= 1``; ``argument`` names where ``channels`` came from (``channels``,
+    ``in_channels``). ``B = 0`` is allowed: every operator returns an empty batch."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
     if x.dim() != 4:
@@ -40,6 +41,30 @@ def check_input(x, channels: int, name: str = "input", argument: str = "channels
         raise TypeError(f"{name} must be a real floating tensor; got {x.dtype}")
     if x.shape[1] != channels:
         raise ValueError(f"{name} has {x.shape[1]} channels but {argument}={channels} (shape {tuple(x.shape)})")
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"{name} must have height >= 1 and width >= 1; got shape {tuple(x.shape)}")
+
+
+def under_autocast(x: torch.Tensor) -> bool:
+    """Whether ``torch.autocast`` is on for ``x``'s device (never for a device autocast does not
+    know, such as ``meta``, which the cost counting uses)."""
+    device = x.device.type
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
+def check_dtype(x: torch.Tensor, *parameters: torch.Tensor, name: str = "input") -> None:
+    """Outside ``torch.autocast`` the input and the parameters must have one dtype.
+
+    Under autocast they may differ: autocast chooses the dtype each operation computes in.
+    """
+    if under_autocast(x):
+        return
+    for p in parameters:
+        if p.dtype != x.dtype:
+            raise TypeError(
+                f"{name} is {x.dtype} but the parameters are {p.dtype}; they must have one dtype: "
+                f"convert the module (module.to({x.dtype})) or the input, or run under torch.autocast"
+            )
 
 
 def check_kernel_fits(kernel_size: int, height: int, width: int) -> None:
@@ -49,3 +74,12 @@ def check_kernel_fits(kernel_size: int, height: int, width: int) -> None:
             f"the kernel ({kernel_size}x{kernel_size}) is larger than the image ({height}x{width}); "
             "the FFT/periodic path needs kernel_size <= height and kernel_size <= width"
         )
+
+
+def refuse_torchscript(module) -> None:
+    """``__prepare_scriptable__`` of every operator and step: ``torch.jit.script`` cannot compile
+    them (custom autograd Functions, Python-side argument checks), so say so plainly."""
+    raise TypeError(
+        f"{type(module).__name__} does not support TorchScript (torch.jit.script); "
+        "use torch.compile, or torch.jit.trace for a fixed input shape"
+    )

@@ -15,6 +15,12 @@ A 3-D FFT diagonalises it: ``K_circ y = F₃⁻¹( F₃(K_circ e₁) ⊙ F₃ y 
 weight embedded in a ``C × H × W`` zero array, spatially flipped and rolled so that the centre
 tap sits at ``(0, 0)`` (the flip turns the spatial cross-correlation into a convolution).
 Spectra use the ``rfftn`` layout ``(..., C, H, W // 2 + 1)``.
+
+Outside the math: float16/bfloat16 inputs are computed in float32 and cast back; under
+``torch.autocast`` it computes and returns float32; outside autocast input and weight share
+one dtype. An empty batch returns an empty batch. Non-finite input: the 3-D FFT mixes every
+value of a sample, so one ``inf`` pixel makes the *whole sample* ``nan`` (every channel, every
+pixel), on every ``backend``; other samples are untouched.
 """
 
 from __future__ import annotations
@@ -25,8 +31,15 @@ import torch
 from torch import nn
 
 from effconv_ref.backend import check_backend
-from effconv_ref.checks import check_channels, check_input, check_kernel_fits, check_kernel_size
-from effconv_ref.ops.spectral_step import embed_stencil, spectral_step
+from effconv_ref.checks import (
+    check_channels,
+    check_dtype,
+    check_input,
+    check_kernel_fits,
+    check_kernel_size,
+    refuse_torchscript,
+)
+from effconv_ref.ops.spectral_step import embed_stencil, empty_batch, fft_dtypes, spectral_step
 
 __all__ = ["CirculantConv2d", "circulant_symbol"]
 
@@ -46,8 +59,10 @@ class CirculantConv2d(nn.Module):
 
     ``forward`` applies K_circ and ``adjoint`` applies K_circᵀ, both through a 3-D ``rfftn`` over
     (channel, height, width); ``backend`` selects the spectral step (``"auto"``, ``"reference"``,
-    ``"cuda"``).
+    ``"cuda"``). TorchScript is not supported (use ``torch.compile`` or ``torch.jit.trace``).
     """
+
+    __prepare_scriptable__ = refuse_torchscript
 
     def __init__(self, channels: int, kernel_size: int = 3, backend: str = "auto", device=None, dtype=None):
         super().__init__()
@@ -67,11 +82,15 @@ class CirculantConv2d(nn.Module):
 
     def _transform(self, x: torch.Tensor, mode: str, name: str) -> torch.Tensor:
         check_input(x, self.channels, name)
+        check_dtype(x, self.weight, name=name)
         C, H, W = x.shape[1:]
         check_kernel_fits(self.kernel_size, H, W)
-        k_hat = circulant_symbol(self.weight, H, W)
-        y_hat = spectral_step(torch.fft.rfftn(x, dim=_DIMS), k_hat, mode, backend=self.backend)
-        return torch.fft.irfftn(y_hat, s=(C, H, W), dim=_DIMS)
+        compute, result = fft_dtypes(x, self.backend)
+        if x.shape[0] == 0:
+            return empty_batch(x, result, self.weight)
+        k_hat = circulant_symbol(self.weight.to(compute), H, W)
+        y_hat = spectral_step(torch.fft.rfftn(x.to(compute), dim=_DIMS), k_hat, mode, backend=self.backend)
+        return torch.fft.irfftn(y_hat, s=(C, H, W), dim=_DIMS).to(result)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._transform(x, "multiply", "input")

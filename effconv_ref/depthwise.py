@@ -11,6 +11,17 @@ As a block matrix ``K_dw`` is block diagonal, with the convolution matrix ``C(θ
 
 Only odd kernel sizes are supported, so that the stencil has a centre tap and the output has
 the size of the input.
+
+The two methods differ outside the paper's math (the README's table "What each operator
+supports" lists it all):
+
+- dtypes: ``direct`` computes in the input's dtype (``F.conv2d``; under ``torch.autocast`` in
+  autocast's dtype). ``fft`` computes float16/bfloat16 in float32 and casts back; under
+  autocast it computes and returns float32. Outside autocast input and weight share one dtype.
+- non-finite input: one ``inf`` pixel spoils its ``k x k`` neighbourhood on ``direct``
+  (``inf``, or ``nan`` where signs meet) but the whole channel of that sample on ``fft``
+  (``nan`` everywhere: the FFT mixes every pixel). ``backend`` does not change this.
+- an empty batch (``B = 0``) returns an empty batch on both.
 """
 
 from __future__ import annotations
@@ -25,11 +36,13 @@ from effconv_ref.backend import check_backend
 from effconv_ref.checks import (
     check_boundary,
     check_channels,
+    check_dtype,
     check_input,
     check_kernel_fits,
     check_kernel_size,
+    refuse_torchscript,
 )
-from effconv_ref.ops.spectral_step import depthwise_symbol, spectral_step
+from effconv_ref.ops.spectral_step import depthwise_symbol, empty_batch, fft_dtypes, spectral_step
 
 METHODS = ("direct", "fft")
 
@@ -42,8 +55,12 @@ class DepthwiseConv2d(nn.Module):
     ``forward`` computes ``F.conv2d(x, weight, padding=k // 2, groups=channels)``
     (``boundary="zeros"``) or the same with circular padding (``boundary="periodic"``);
     ``method="fft"`` computes the periodic one through eq. (10). ``adjoint(y)`` applies Kᵀ.
-    ``backend`` selects the spectral step of the FFT path (``"auto"``, ``"reference"``, ``"cuda"``).
+    ``backend`` selects the spectral step of the FFT path (``"auto"``, ``"reference"``, ``"cuda"``);
+    ``method="direct"`` is ``F.conv2d`` (cuDNN for a CUDA input) and takes no ``backend="cuda"``.
+    TorchScript is not supported (use ``torch.compile`` or ``torch.jit.trace``).
     """
+
+    __prepare_scriptable__ = refuse_torchscript
 
     def __init__(self, channels: int, kernel_size: int = 3, boundary: str = "zeros",
                  method: str = "direct", backend: str = "auto", device=None, dtype=None):
@@ -60,6 +77,11 @@ class DepthwiseConv2d(nn.Module):
             )
         self.method = method
         self.backend = check_backend(backend)
+        if method == "direct" and backend == "cuda":
+            raise ValueError(
+                "backend='cuda' selects the CUDA spectral step of method='fft'; method='direct' is "
+                "F.conv2d, which runs where its input is: use backend='auto' or 'reference', or method='fft'"
+            )
         self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size, kernel_size, device=device, dtype=dtype))
         self.reset_parameters()
 
@@ -73,6 +95,7 @@ class DepthwiseConv2d(nn.Module):
 
     def _check(self, x: torch.Tensor, name: str) -> None:
         check_input(x, self.channels, name)
+        check_dtype(x, self.weight, name=name)
         if self.boundary == "periodic":
             check_kernel_fits(self.kernel_size, x.shape[2], x.shape[3])
 
@@ -82,9 +105,13 @@ class DepthwiseConv2d(nn.Module):
 
     def _spectral(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         """Eq. (10): ``F⁻¹(K̂ ⊙ F x)`` (``mode="multiply"``) or with ``conj(K̂)`` (``"adjoint"``)."""
+        compute, result = fft_dtypes(x, self.backend)
+        if x.shape[0] == 0:
+            return empty_batch(x, result, self.weight)
         H, W = x.shape[-2:]
-        k_hat = depthwise_symbol(self.weight, H, W)
-        return torch.fft.irfft2(spectral_step(torch.fft.rfft2(x), k_hat, mode, backend=self.backend), s=(H, W))
+        k_hat = depthwise_symbol(self.weight.to(compute), H, W)
+        y_hat = spectral_step(torch.fft.rfft2(x.to(compute)), k_hat, mode, backend=self.backend)
+        return torch.fft.irfft2(y_hat, s=(H, W)).to(result)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, "input")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from effconv_ref.backend import check_backend
-from effconv_ref.checks import check_input
+from effconv_ref.checks import check_input, refuse_torchscript
 from effconv_ref.ops.lean_conv import check_stride, lean_conv2d, lean_dense_weight
 
 __all__ = ["LeanConv2d"]
@@ -47,8 +47,12 @@ class LeanConv2d(nn.Module):
     ``stride`` is 1 or 2; the output is ``(B, out, ⌈H/s⌉, ⌈W/s⌉)``. ``backend``:
     ``"reference"`` (plain PyTorch), ``"cuda"`` (the fused kernel ``kernels/lean.cu``: a GPU and
     a float32, float16 or bfloat16 input) or ``"auto"`` (the kernel for a CUDA input when it can
-    be compiled and the dtype is supported, the reference otherwise).
+    be compiled and the dtype is supported, the reference otherwise). See :func:`lean_conv2d`
+    for dtypes, autocast, empty batches and non-finite input. TorchScript is not supported (use
+    ``torch.compile`` or ``torch.jit.trace``).
     """
+
+    __prepare_scriptable__ = refuse_torchscript
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, bias: bool = False,
                  backend: str = "auto", device=None, dtype=None):

@@ -7,6 +7,11 @@ the block diagonal (``depthwise``, ``(C, 1, k, k)``) and the centre taps everywh
 (``pointwise``, the ``(C, C, 1, 1)`` matrix M ⊗ I of eq. 6). The diagonal of ``pointwise``
 adds to the depth-wise centre taps, as in the paper. Input and output have the same number of
 channels and the same size.
+
+Plain ``F.conv2d``: any floating dtype the convolution takes (under ``torch.autocast``, autocast's
+dtype); outside autocast input and parameters share one dtype. An empty batch returns an empty
+batch; a non-finite pixel spoils its ``k x k`` neighbourhood in its own channel and the same
+pixel in every other channel (through the 1x1 part).
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ from torch import nn
 from effconv_ref.checks import (
     check_boundary,
     check_channels,
+    check_dtype,
     check_input,
     check_kernel_fits,
     check_kernel_size,
+    refuse_torchscript,
 )
 
 __all__ = ["LinearMix"]
@@ -32,8 +39,11 @@ class LinearMix(nn.Module):
     """K_lm = K_dw + M (eq. 7), ``channels -> channels``, output the size of the input.
 
     ``forward(x) = depthwise-conv(x) + pointwise-conv(x)``; ``adjoint(y)`` applies K_lmᵀ;
-    ``dense_weight()`` is the equivalent ``(C, C, k, k)`` weight.
+    ``dense_weight()`` is the equivalent ``(C, C, k, k)`` weight. TorchScript is not supported
+    (use ``torch.compile`` or ``torch.jit.trace``).
     """
+
+    __prepare_scriptable__ = refuse_torchscript
 
     def __init__(self, channels: int, kernel_size: int = 3, boundary: str = "zeros", device=None, dtype=None):
         super().__init__()
@@ -61,6 +71,7 @@ class LinearMix(nn.Module):
 
     def _check(self, x: torch.Tensor, name: str) -> None:
         check_input(x, self.channels, name)
+        check_dtype(x, self.depthwise, self.pointwise, name=name)
         if self.boundary == "periodic":
             check_kernel_fits(self.kernel_size, x.shape[2], x.shape[3])
 

@@ -30,7 +30,27 @@ diffusion part ``I − h K_dwᵀ K_dw`` is stable when ``h ρ(K_dwᵀ K_dw) ≤ 
 ``ρ(K_dwᵀ K_dw) = max_ω |k̂(ω)|² ≤ (Σ|w|)²``, which for a 3x3 stencil with entries in
 PyTorch's default range ``|w| ≤ 1/3`` is at most 9, so ``h ≤ 2/9`` keeps every freshly
 initialised explicit step stable. The same h is used for all three RD steps so that they
-stay comparable; the implicit step is stable for any ``h > 0``.
+stay comparable; the implicit step is stable for any ``h > 0``. Every RD step accepts
+``0 < h <= MAX_H = 1e6``: a time step, not a limit to take. Far beyond it the product
+``h σ(N(M y))`` overflows float32 (``h = 1e300`` is ``inf`` there) and the FFT turns that
+``inf`` into ``nan``; 1e6 is five orders of magnitude past every ``h`` the book uses and leaves
+``h σ(·)`` finite in float32 for activations up to 1e32. (float16 holds only up to 65504:
+a step run in float16 overflows for much smaller ``h``; use autocast or bfloat16 there.)
+
+**Outside the math**, shared by every step (the README's table "What each operator supports"
+has the per-operator detail):
+
+- dtypes: outside ``torch.autocast`` the input and the parameters share one dtype. The FFT
+  parts (``ImplicitRDStep``'s solve, ``CirculantRDStep``'s K_circ) compute float16/bfloat16 in
+  float32 and cast back, and compute in float32 under autocast.
+- an empty batch (``N = 0``) returns an empty batch.
+- non-finite input: in training mode ``BatchNorm2d``'s batch statistics turn one ``inf`` into
+  ``nan`` for the whole batch. In evaluation mode it stays in its sample, and spreads within it
+  as its operators do: a neighbourhood for the convolutions; whole channels for
+  ``ImplicitRDStep`` (its own channel, and every channel whose reaction ``σ(N(M y))`` is ``+inf``
+  there, since the FFT solve mixes every pixel of a channel); the whole sample for
+  ``CirculantRDStep`` (the 3-D FFT).
+- TorchScript is not supported (use ``torch.compile`` or ``torch.jit.trace``).
 """
 
 import math
@@ -39,6 +59,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from effconv_ref.backend import check_backend
+from effconv_ref.checks import check_dtype, check_input, refuse_torchscript
 from effconv_ref.circulant import CirculantConv2d
 from effconv_ref.depthwise import DepthwiseConv2d
 from effconv_ref.linearmix import LinearMix
@@ -46,6 +68,7 @@ from effconv_ref.ops.implicit import implicit_solve
 
 __all__ = [
     "DEFAULT_H",
+    "MAX_H",
     "ResNetStep",
     "MobileNetStep",
     "LinearMixStep",
@@ -55,6 +78,7 @@ __all__ = [
 ]
 
 DEFAULT_H = 0.1
+MAX_H = 1e6
 BOUNDARIES = ("zeros", "periodic")
 
 
@@ -87,6 +111,11 @@ def _check_h(h) -> float:
     h = float(h)
     if not (h > 0 and math.isfinite(h)):
         raise ValueError(f"h (the time step) must be > 0 and finite, got h={h}")
+    if h > MAX_H:
+        raise ValueError(
+            f"h (the time step) must be <= MAX_H = {MAX_H:g}, got h={h:g}; far larger steps "
+            "overflow float32 in h σ(N(M y))"
+        )
     return h
 
 
@@ -94,6 +123,7 @@ class _Step(nn.Module):
     """Shared input check: a 4-D ``(N, C, H, W)`` tensor with ``C == self.channels``."""
 
     channels: int
+    __prepare_scriptable__ = refuse_torchscript
 
     def reset_parameters(self) -> None:
         """Re-initialise every operator and normalisation of the step."""
@@ -102,17 +132,8 @@ class _Step(nn.Module):
                 module.reset_parameters()
 
     def _check_input(self, y: torch.Tensor) -> None:
-        if not isinstance(y, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(y).__name__}")
-        if y.dim() != 4:
-            raise ValueError(
-                f"input must be 4-D (N, C, H, W); got a {y.dim()}-D tensor of shape {tuple(y.shape)}"
-            )
-        if y.shape[1] != self.channels:
-            raise ValueError(
-                f"input has {y.shape[1]} channels but this {type(self).__name__} was built for "
-                f"channels={self.channels}"
-            )
+        check_input(y, self.channels)
+        check_dtype(y, *self.parameters())
 
 
 def _conv_adjoint(z: torch.Tensor, weight: torch.Tensor, boundary: str) -> torch.Tensor:
@@ -293,7 +314,7 @@ class ImplicitRDStep(_RDStep):
                 "the FFT, which needs boundary='periodic'"
             )
         self.boundary = boundary
-        self.backend = backend
+        self.backend = check_backend(backend)
         self.depthwise = DepthwiseConv2d(channels, kernel_size, boundary="periodic")
         self._init_reaction(channels, h)
 

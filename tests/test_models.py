@@ -25,8 +25,8 @@ def test_unknown_model_is_one_line_naming_the_choices():
         models.build("resnet/resnet21")
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith("unknown model 'resnet/resnet21'; choose one of: ")
-    assert message.endswith(", ".join(models.list_models()))
+    assert message.startswith("unknown model 'resnet/resnet21'; did you mean 'resnet/resnet20'")
+    assert message.endswith("? choose one of: " + ", ".join(models.list_models()))
 
 
 def test_duplicate_registration_raises(monkeypatch):

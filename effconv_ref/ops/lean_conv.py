@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from effconv_ref.backend import resolve_backend
-from effconv_ref.checks import check_input
+from effconv_ref.checks import check_dtype, check_input, under_autocast
 from effconv_ref.kernels import load_cuda
 
 __all__ = [
@@ -220,10 +220,21 @@ def lean_conv2d(x: torch.Tensor, pointwise: torch.Tensor, stencil: torch.Tensor,
     Equals ``F.conv2d(x, lean_dense_weight(pointwise, stencil), bias, stride, padding=1)``.
     ``backend``: ``"reference"`` (plain PyTorch), ``"cuda"`` (the fused kernel: a GPU and a
     float32/float16/bfloat16 input), or ``"auto"`` (the kernel when it can run, else the reference).
+
+    dtypes: outside ``torch.autocast`` ``x`` and the parameters share one dtype. Under autocast
+    both paths compute in autocast's dtype (the reference through ``F.conv2d``, the kernel on
+    inputs cast to it), as ``nn.Conv2d`` would. An empty batch returns an empty batch.
+    Non-finite input differs between the paths (so between ``"auto"`` on a CPU and on a GPU):
+    the reference's depth-wise part is a 3x3 ``F.conv2d`` whose corner and centre taps are zero,
+    and ``0 · inf = nan``, so an ``inf`` pixel gives ``nan`` at the centre and the four corners
+    of its 3x3 neighbourhood (``±inf`` at the four taps) in its own channel; the kernel reads
+    only the five stencil points, so it gives ``±inf`` there and finite corners. Both give a
+    non-finite value at that pixel in every output channel (the 1x1 part).
     """
     _check_parameters(pointwise, stencil, bias)
     check_input(x, pointwise.shape[1], argument="in_channels")
     check_stride(stride)
+    check_dtype(x, *[p for p in (pointwise, stencil, bias) if p is not None])
     if backend == "cuda" and x.dtype not in CUDA_DTYPES:
         raise TypeError(
             f"backend='cuda' supports float32, float16 and bfloat16 inputs; got {x.dtype} "
@@ -234,6 +245,10 @@ def lean_conv2d(x: torch.Tensor, pointwise: torch.Tensor, stencil: torch.Tensor,
         path = "reference"  # "auto": the kernel does not take this dtype
     if path == "reference":
         return lean_conv2d_reference(x, pointwise, stencil, bias, stride)
+    if under_autocast(x):  # as autocast does for nn.Conv2d
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, pointwise, stencil = x.to(dtype), pointwise.to(dtype), stencil.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
     params = [pointwise, stencil] + ([] if bias is None else [bias])
     if any(p.dtype != x.dtype for p in params):
         raise TypeError(

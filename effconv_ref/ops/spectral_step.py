@@ -17,14 +17,35 @@ of exactly that operator: ``rfft2`` of the *flipped* stencil embedded in an ``H 
 image and rolled so that its centre tap sits at ``(0, 0)``. (Equivalently, the complex
 conjugate of ``rfft2`` of the unflipped, rolled stencil.) Spectra use the ``rfft2`` layout,
 ``(..., H, W // 2 + 1)``.
+
+What the FFT paths (:class:`~effconv_ref.depthwise.DepthwiseConv2d` with ``method="fft"``,
+:class:`~effconv_ref.circulant.CirculantConv2d`, :func:`~effconv_ref.ops.implicit.implicit_solve`)
+share, through :func:`fft_dtypes` and :func:`empty_batch`:
+
+- **dtypes.** ``torch.fft`` transforms float32 and float64 (float16 only for power-of-two sizes
+  on a GPU, bfloat16 never), so a float16 or bfloat16 input is computed in float32 and the
+  result cast back to the input's dtype. Under ``torch.autocast`` they compute in float32 (float64
+  stays float64) and return float32, as autocast does for every FFT. Outside autocast the input
+  and the parameters must have one dtype.
+- **empty batches.** A batch of zero images returns an empty result without calling the FFT
+  (MKL refuses zero-size transforms).
+- **non-finite input.** An FFT mixes every pixel of what it transforms: one ``inf`` or ``nan``
+  in the input makes the whole transformed block ``nan`` (a channel of one sample for the 2-D
+  FFT, a whole sample for the 3-D one), where a direct convolution would spoil only a ``k x k``
+  neighbourhood. Nothing checks for it (a check would cost a pass over the input and a device
+  synchronisation per call); ``backend`` does not change it, since both spectral steps see the
+  same spectra.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 from effconv_ref.backend import resolve_backend
+from effconv_ref.checks import under_autocast
 from effconv_ref.kernels import load_cuda
 
 MODES = ("multiply", "adjoint", "solve")
@@ -155,20 +176,63 @@ def _cuda_h(h, like: torch.Tensor) -> torch.Tensor:
     return h.detach().reshape(1).to(device=like.device, dtype=torch.float32)
 
 
-def check_step(h) -> None:
-    """``h`` must be a positive real number (a float or a 0-d real tensor)."""
+def check_step(h, dtype: torch.dtype = torch.float64) -> None:
+    """``h`` must be a finite positive real number (a float or a 0-d real tensor) that ``dtype``,
+    the real dtype the step computes in, can hold (``h = 1e300`` is ``inf`` in float32)."""
     if isinstance(h, torch.Tensor):
         if h.dim() != 0 or h.is_complex() or not h.is_floating_point():
             raise TypeError(
                 f"h must be a float or a 0-d real floating tensor; got {h.dtype} of shape {tuple(h.shape)}"
             )
-        if not bool(h.detach() > 0):
-            raise ValueError(f"h must be > 0 (the time step); got h={h.item()}")
+        value = h.item()
     elif isinstance(h, (int, float)) and not isinstance(h, bool):
-        if not h > 0:
-            raise ValueError(f"h must be > 0 (the time step); got h={h}")
+        value = float(h)
     else:
         raise TypeError(f"h must be a float or a 0-d real tensor; got {type(h).__name__}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"h must be > 0 and finite (the time step); got h={value}")
+    if value > torch.finfo(dtype).max:
+        raise ValueError(
+            f"h={value:g} is larger than {dtype} can hold ({torch.finfo(dtype).max:.3g}); "
+            "use a smaller h or float64"
+        )
+
+
+FFT_DTYPES = (torch.float32, torch.float64)
+
+
+def fft_dtypes(x: torch.Tensor, backend: str = "auto") -> tuple:
+    """``(compute, result)``: the dtype an FFT path computes in for input ``x``, and the dtype it returns.
+
+    float32 and float64 compute in their own dtype; float16 and bfloat16 compute in float32 and
+    return their own dtype; under ``torch.autocast`` float32 is computed and returned (float64
+    stays float64). Checks first, before any work, that ``backend="cuda"`` can run on ``x`` (a
+    GPU, a CUDA input, float32 computation).
+    """
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    result = compute if under_autocast(x) else x.dtype
+    if backend == "cuda":
+        resolve_backend(backend, x)
+        if compute != torch.float32:
+            raise TypeError(
+                f"backend='cuda' computes in float32 (complex64 spectra); got a {x.dtype} input "
+                "(use backend='auto' or 'reference' for float64)"
+            )
+    return compute, result
+
+
+def empty_batch(x: torch.Tensor, dtype: torch.dtype, *parameters) -> torch.Tensor:
+    """The result of an FFT path for a batch of zero images: empty, of ``x``'s shape and ``dtype``.
+
+    MKL's FFT refuses zero-size transforms, so the FFT is skipped. The result stays in the
+    autograd graph of ``x`` and the (tensor) ``parameters``, whose gradients are then zero, as
+    they are on the direct paths.
+    """
+    y = x.to(dtype)
+    for p in parameters:
+        if isinstance(p, torch.Tensor):
+            y = y + 0 * p.to(dtype).sum()
+    return y
 
 
 def spectral_step(x_hat: torch.Tensor, k_hat: torch.Tensor, mode: str = "multiply", h=None,
@@ -191,8 +255,8 @@ def spectral_step(x_hat: torch.Tensor, k_hat: torch.Tensor, mode: str = "multipl
             f"x_hat's shape {tuple(x_hat.shape)}"
         )
     if mode == "solve":
-        check_step(h)
         real = x_hat.real.dtype
+        check_step(h, real)
         if isinstance(h, torch.Tensor):
             h = h.to(device=x_hat.device, dtype=real)
         else:

@@ -198,6 +198,21 @@ def test_fp32_precision_reads_torch_settings(torch_precision_settings):
         fp32_precision("cuda", "any")
 
 
+@pytest.mark.parametrize("capability, mode", [((9, 0), "tf32"), ((8, 0), "tf32"), ((7, 5), "fp32")])
+def test_math_mode_of_a_gpu(capability, mode, monkeypatch, torch_precision_settings):
+    """PyTorch's defaults: cuDNN convolutions on TF32 from Ampere (sm_80) on, matmuls in FP32."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    gpu = torch.device("cuda", 0)
+    assert math_mode_of(gpu, torch.float32, "conv") == math_mode_of(gpu) == mode
+    assert math_mode_of(gpu, torch.float32, "matmul") == "fp32"
+    assert math_mode_of(gpu, torch.bfloat16, "matmul") == "bf16"
+    torch.backends.cudnn.allow_tf32 = False
+    assert math_mode_of(gpu) == "fp32"
+    torch.set_float32_matmul_precision("high")
+    assert math_mode_of(gpu, torch.float32, "matmul") == mode
+    torch.set_float32_matmul_precision("highest")
+
+
 def test_measurement_settings_are_put_back(torch_precision_settings):
     with bench._fp32_precision_as("cuda", "ieee"):
         assert fp32_precision("cuda", "conv") == fp32_precision("cuda", "matmul") == "ieee"

@@ -2,14 +2,15 @@
 
 ``python -m effconv_ref.sweeps lowcost-figure1 --preset gpu`` runs the sweep of Figure 1 of
 Treister et al. and writes JSON under ``data/bench/``; the chapter plots what it finds there.
-The command checks its arguments before any work: ``--out`` must be a file it can write
-(probed by creating its folder and a temporary file there), and the ``gpu`` preset on a
-machine without a GPU is refused unless ``--force`` is given. Every sweep shows a progress
-bar (``--no-progress`` hides it).
 Every record carries the time, the roofline floor beside it (flops counted by
 :func:`effconv_ref.cost.count_cost`, the fewest bytes: inputs, weights and output once) and
 the time of the fully coupled ``nn.Conv2d`` (cuDNN on a GPU) run in the same process on the
 same inputs.
+
+The command checks its arguments before any work: ``--out`` must be a file it can write
+(probed by creating its folder and a temporary file there), and the ``gpu`` preset on a
+machine without a GPU is refused unless ``--force`` is given. Every sweep shows a progress
+bar (``--no-progress`` hides it).
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ Every record carries the time, the roofline floor beside it (flops counted by
 :func:`effconv_ref.cost.count_cost`, the fewest bytes: inputs, weights and output once) and
 the time of the fully coupled ``nn.Conv2d`` (cuDNN on a GPU) run in the same process on the
 same inputs.
+
+The command checks its arguments before any work: ``--out`` must be a file it can write
+(probed by creating its folder and a temporary file there), and the ``gpu`` preset on a
+machine without a GPU is refused unless ``--force`` is given. Every sweep shows a progress
+bar (``--no-progress`` hides it).
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
-from effconv_ref.runtime import progress_bar
 
-from effconv_ref.bench import benchmark, measure_peaks, time_fn, write_results
+from effconv_ref.bench import benchmark, device_name, measure_peaks, time_fn, write_results
+from effconv_ref.runtime import progress_bar
 from effconv_ref.circulant import CirculantConv2d
 from effconv_ref.cost import count_cost, lean_cost
 from effconv_ref.backend import resolve_backend
@@ -80,7 +86,7 @@ def lowcost_figure1(preset: str = "cpu", device=None, progress: bool = False, re
     return records
 
 
-def lowcost_steps(preset: str = "cpu", device=None, repeats=None) -> list[dict]:
+def lowcost_steps(preset: str = "cpu", device=None, progress: bool = False, repeats=None) -> list[dict]:
     """The implicit reaction-diffusion step (eq. 11) timed against the explicit one (eq. 9)."""
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r}; choose one of {', '.join(PRESETS)}")
@@ -92,7 +98,8 @@ def lowcost_steps(preset: str = "cpu", device=None, repeats=None) -> list[dict]:
     implicit = ImplicitRDStep(c).to(device).eval()
     records = []
     with torch.no_grad():
-        for name, step in (("implicit RD step", implicit), ("explicit RD step", explicit)):
+        steps = (("implicit RD step", implicit), ("explicit RD step", explicit))
+        for name, step in progress_bar(steps, disable=not progress, desc="RD steps"):
             cost = count_cost(step, *make_inputs())
             records.append(benchmark(name, step, make_inputs, flops=cost.flops, bytes=cost.bytes,
                                      baseline=explicit, device=device, repeats=repeats,
@@ -203,26 +210,72 @@ def lean_targets(records: list[dict], min_channels: int = 64) -> dict:
 SWEEPS = {"lowcost-figure1": lowcost_figure1, "lowcost-steps": lowcost_steps, "lean-figure1": lean_figure1}
 
 
-def default_path(sweep: str, device_name: str) -> Path:
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
+def default_path(sweep: str, device: str) -> Path:
+    """``data/bench/<sweep>_<device>.json``, the device name made a file name."""
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
     return Path("data") / "bench" / f"{sweep}_{slug}.json"
 
 
+PROG = "python -m effconv_ref.sweeps"
+
+
+def _refuse(message: str):
+    """End the command with one line on stderr and exit status 2, as argparse does."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def check_out(out: str | Path) -> Path:
+    """``out`` as a :class:`Path`, once it is known that a results file can be written there.
+
+    Raises :class:`ValueError` for an empty path, an existing folder, or a place where no
+    file can be written (a path under a regular file, a read-only or missing mount): the
+    folder is created and a temporary file written and removed in it to find out.
+    """
+    if str(out).strip() == "":
+        raise ValueError("--out is empty; give a JSON file name, e.g. --out results.json")
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a folder; give a JSON file name in it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".probe-"):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"--out {str(out)!r}: cannot write in {str(path.parent)!r} "
+            f"({error.strerror or error})"
+        ) from None
+    return path
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m effconv_ref.sweeps", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("sweep", help=f"one of {', '.join(SWEEPS)}")
     parser.add_argument("--preset", default=None, help="gpu or cpu (default: gpu when a GPU is present)")
     parser.add_argument("--out", default=None, help="JSON file (default: data/bench/<sweep>_<device>.json)")
+    parser.add_argument("--force", action="store_true",
+                        help="run the gpu preset even where there is no GPU (slow)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     if args.sweep not in SWEEPS:
         parser.error(f"unknown sweep {args.sweep!r}; choose one of {', '.join(SWEEPS)}")
-    preset = args.preset or ("gpu" if torch.cuda.is_available() else "cpu")
+    gpu = torch.cuda.is_available()
+    preset = args.preset or ("gpu" if gpu else "cpu")
     presets = LEAN_LAYERS if args.sweep == "lean-figure1" else PRESETS
     if preset not in presets:
         parser.error(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
-    sweep = SWEEPS[args.sweep]
-    records = sweep(preset, progress=True) if args.sweep.endswith("figure1") else sweep(preset)
-    out = Path(args.out) if args.out else default_path(args.sweep, records[0]["device"])
+    if preset == "gpu" and not gpu and not args.force:
+        _refuse("--preset gpu sizes the sweep for a GPU, and this machine has none: it would "
+                "run for hours on the CPU; use --preset cpu, or add --force to run it anyway")
+    device = torch.device("cuda" if gpu else "cpu")
+    try:
+        out = check_out(args.out if args.out is not None else default_path(args.sweep, device_name(device)))
+    except ValueError as error:
+        _refuse(str(error))
+    if preset == "gpu" and not gpu:
+        print(f"--force: running the gpu preset on the CPU ({device_name(device)})", file=sys.stderr)
+    records = SWEEPS[args.sweep](preset, progress=not args.no_progress)
     write_results(out, records, meta={"sweep": args.sweep, "preset": preset})
     print(f"{len(records)} records written to {out}")
     return 0

@@ -1,8 +1,10 @@
 """The benchmark sweeps of the papers' figures: records, ratios and the files they write."""
 
 import json
+import os
 
 import pytest
+import torch
 
 from effconv_ref import sweeps
 from effconv_ref.resources import data_dir, read_json
@@ -61,6 +63,89 @@ def test_cli_errors(capsys):
     assert "unknown preset 'huge'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="preset='huge'"):
         sweeps.lowcost_figure1("huge")
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Every sweep replaced by one that records how it was called, so that a test can tell
+    whether the command started any work."""
+    calls = []
+
+    def fake(preset, **kwargs):
+        calls.append((preset, kwargs))
+        return [{"name": "fake", "device": "test", "time_s": 1.0}]
+
+    for name in list(sweeps.SWEEPS):
+        monkeypatch.setitem(sweeps.SWEEPS, name, fake)
+    return calls
+
+
+def _bad_outs(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "a-file").write_text("not a folder")
+    return {
+        "an existing folder": (str(tmp_path / "results"), "is a folder"),
+        "a path under a regular file": (str(tmp_path / "a-file" / "r.json"), "cannot write"),
+        "an unwritable place": ("/proc/effconv/r.json", "cannot write"),
+        "an empty path": ("", "--out is empty"),
+    }
+
+
+@pytest.mark.parametrize("case", ["an existing folder", "a path under a regular file",
+                                  "an unwritable place", "an empty path"])
+def test_cli_checks_out_before_any_work(case, tmp_path, no_work, capsys):
+    out, message = _bad_outs(tmp_path)[case]
+    with pytest.raises(SystemExit) as exit:
+        sweeps.main(["lowcost-steps", "--preset", "cpu", "--out", out])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert no_work == [], "the sweep ran before --out was checked"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_cli_checks_a_read_only_folder(tmp_path, no_work, capsys):
+    (tmp_path / "ro").mkdir(mode=0o500)
+    with pytest.raises(SystemExit):
+        sweeps.main(["lowcost-steps", "--preset", "cpu", "--out", str(tmp_path / "ro" / "r.json")])
+    assert "cannot write" in capsys.readouterr().err and no_work == []
+
+
+def test_cli_creates_the_folder_of_out(tmp_path, no_work):
+    out = tmp_path / "new" / "deeper" / "r.json"
+    assert sweeps.main(["lowcost-steps", "--preset", "cpu", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["records"] == [{"name": "fake", "device": "test", "time_s": 1.0}]
+    assert [p.name for p in out.parent.iterdir()] == ["r.json"]  # the probe file is gone
+
+
+def test_cli_refuses_the_gpu_preset_without_a_gpu(tmp_path, no_work, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = str(tmp_path / "r.json")
+    for sweep in sweeps.SWEEPS:
+        with pytest.raises(SystemExit) as exit:
+            sweeps.main([sweep, "--preset", "gpu", "--out", out])
+        assert exit.value.code == 2
+        err = capsys.readouterr().err
+        assert "this machine has none" in err and "--force" in err
+        assert len(err.strip().splitlines()) == 1
+    assert no_work == []
+    assert sweeps.main(["lowcost-figure1", "--preset", "gpu", "--out", out, "--force"]) == 0
+    assert "--force: running the gpu preset on the CPU" in capsys.readouterr().err
+    assert [preset for preset, _ in no_work] == ["gpu"]
+
+
+def test_cli_shows_progress_on_every_sweep(tmp_path, no_work):
+    for sweep in sweeps.SWEEPS:
+        sweeps.main([sweep, "--preset", "cpu", "--out", str(tmp_path / "r.json")])
+        sweeps.main([sweep, "--preset", "cpu", "--out", str(tmp_path / "r.json"), "--no-progress"])
+    assert [kwargs["progress"] for _, kwargs in no_work] == [True, False] * len(sweeps.SWEEPS)
+
+
+def test_steps_sweep_draws_a_progress_bar(tiny_preset, capsys):
+    sweeps.lowcost_steps("tiny", device="cpu", repeats=1, progress=True)
+    assert "RD steps" in capsys.readouterr().err
+    sweeps.lowcost_steps("tiny", device="cpu", repeats=1)
+    assert capsys.readouterr().err == ""
 
 
 def test_default_path_names_the_device():

@@ -691,7 +691,10 @@ def check_out_folder(out: Path) -> None:
 
 def check_checkpoint(path: Path, requested: dict) -> None:
     """``--resume``: the checkpoint is one, of a run with the ``requested`` settings."""
-    state = load_checkpoint(path)
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}; pass --overwrite instead of --resume to start afresh") from None
     try:
         check_resume(state, path, requested)
     except CheckpointError as error:

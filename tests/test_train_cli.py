@@ -271,6 +271,7 @@ def test_corrupt_checkpoint_named(run_copy, capsys, no_data, kind):
     assert train("--epochs", "2", "--out", str(run_copy), "--resume") == 2
     line = error_line(capsys)
     assert line.startswith(f"{PROG}: error: {run_copy / CHECKPOINT} is not a valid effconv_ref checkpoint (")
+    assert line.endswith("); pass --overwrite instead of --resume to start afresh")
 
 
 # --------------------------------------------------------------------------------------

@@ -674,10 +674,10 @@ def check_existing_run(out: Path, resume: bool, overwrite: bool) -> None:
 def check_out_folder(out: Path) -> None:
     """Create ``out`` and a temporary file in it, so that a folder that cannot hold the
     run is refused now rather than after the first epoch."""
-    for folder in reversed((out, *out.parents)):
-        if folder.exists() and not folder.is_dir():
-            raise ValueError(f"--out {out}: cannot create this folder, {folder} is a file")
     try:
+        for folder in reversed((out, *out.parents)):
+            if folder.exists() and not folder.is_dir():
+                raise ValueError(f"--out {out}: cannot create this folder, {folder} is a file, not a folder")
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ValueError(f"--out {out}: cannot create this folder ({error.strerror or error})") from None

@@ -104,7 +104,7 @@ def test_out_under_a_file_refused_before_any_work(tmp_path, capsys, no_data):
     out = tmp_path / "notes.txt" / "run"
     assert train("--epochs", "1", "--out", str(out)) == 2
     assert error_line(capsys) == (
-        f"{PROG}: error: --out {out}: cannot create this folder, {tmp_path / 'notes.txt'} is a file"
+        f"{PROG}: error: --out {out}: cannot create this folder, {tmp_path / 'notes.txt'} is a file, not a folder"
     )
 
 
@@ -112,7 +112,7 @@ def test_out_that_is_a_file_refused_before_any_work(tmp_path, capsys, no_data):
     out = tmp_path / "run"
     out.write_text("a file\n")
     assert train("--epochs", "1", "--out", str(out)) == 2
-    assert error_line(capsys) == f"{PROG}: error: --out {out}: cannot create this folder, {out} is a file"
+    assert error_line(capsys) == f"{PROG}: error: --out {out}: cannot create this folder, {out} is a file, not a folder"
 
 
 def test_out_not_writable_refused_before_any_work(tmp_path, capsys, no_data, monkeypatch):
@@ -126,6 +126,18 @@ def test_out_not_writable_refused_before_any_work(tmp_path, capsys, no_data, mon
     out = tmp_path / "run"
     assert train("--epochs", "1", "--out", str(out)) == 2
     assert error_line(capsys) == f"{PROG}: error: --out {out}: cannot write a file there (Permission denied)"
+
+
+def test_out_that_cannot_be_created_refused_before_any_work(tmp_path, capsys, no_data, monkeypatch):
+    """A parent folder the user may not write to (simulated: root may create folders anywhere)."""
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    out = tmp_path / "run"
+    assert train("--epochs", "1", "--out", str(out)) == 2
+    assert error_line(capsys) == f"{PROG}: error: --out {out}: cannot create this folder (Permission denied)"
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write to a read-only folder")

@@ -3,11 +3,15 @@ small image set generated offline so that every chapter can train something real
 CPU without a network.
 
 ``get_dataset(name, train)`` returns one split; ``get_loaders(name)`` returns seeded
-training and test loaders and the number of classes.
+training and test loaders and the number of classes. When a download fails,
+``DownloadError`` says where torchvision downloads from and how to place the files by hand.
 """
 
+import http.client
 import math
 import os
+import shlex
+import urllib.error
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -144,6 +148,33 @@ class ShapesDataset(TensorDataset):
 # --------------------------------------------------------------------------------------
 
 
+class DownloadError(RuntimeError):
+    """A torchvision dataset could not be downloaded; the message says how to place it by hand."""
+
+
+# what a failed download raises: no network, a refused connection, a timeout, a bad reply
+NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+
+
+def _torchvision_class(name: str):
+    from torchvision import datasets
+
+    return {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100, "stl10": datasets.STL10}[name]
+
+
+def download_help(name: str, root=None) -> str:
+    """How to place the dataset ``name`` by hand: fetch torchvision's archive into the root,
+    where torchvision finds it, checks its md5 and extracts it on the next run."""
+    source = _torchvision_class(name)
+    root = data_root(root)
+    archive = root / source.filename
+    return (
+        f"place it by hand: mkdir -p {shlex.quote(str(root))} && "
+        f"curl -L {source.url} -o {shlex.quote(str(archive))} "
+        f"and run again (torchvision checks the archive and extracts it to {root / source.base_folder})"
+    )
+
+
 def _transform(name: str, train: bool):
     from torchvision import transforms
 
@@ -171,7 +202,8 @@ def get_dataset(
     torchvision sets are downloaded into ``data_root(root)`` on first use, normalised by
     their channel statistics and, for training, augmented with a padded random crop and a
     horizontal flip. ``size`` keeps only the first ``size`` samples (a ``Subset``), for
-    smoke runs. Every returned dataset has a ``classes`` list.
+    smoke runs. Every returned dataset has a ``classes`` list. A failed download raises
+    ``DownloadError`` with the URL, the folder and the command to place the files by hand.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -184,17 +216,20 @@ def get_dataset(
         # the first n images of a split do not depend on how many are generated
         return ShapesDataset(n, seed=SHAPES_TRAIN_SEED if train else SHAPES_TEST_SEED)
 
-    from torchvision import datasets
-
-    root = str(data_root(root))
+    source = _torchvision_class(name)
+    folder = data_root(root)
     transform = _transform(name, train)
-    if name == "cifar10":
-        dataset = datasets.CIFAR10(root, train=train, transform=transform, download=download)
-    elif name == "cifar100":
-        dataset = datasets.CIFAR100(root, train=train, transform=transform, download=download)
-    else:
-        split = "train" if train else "test"
-        dataset = datasets.STL10(root, split=split, transform=transform, download=download)
+    try:
+        if name == "stl10":
+            split = "train" if train else "test"
+            dataset = source(str(folder), split=split, transform=transform, download=download)
+        else:
+            dataset = source(str(folder), train=train, transform=transform, download=download)
+    except NETWORK_ERRORS as error:
+        reason = getattr(error, "reason", None) or error
+        raise DownloadError(
+            f"could not download {name} from {source.url} ({_short(reason)}); {download_help(name, folder)}"
+        ) from error
     if not hasattr(dataset, "classes"):
         dataset.classes = [str(i) for i in range(NUM_CLASSES[name])]
     if size is not None and size < len(dataset):
@@ -202,6 +237,14 @@ def get_dataset(
         subset.classes = dataset.classes
         return subset
     return dataset
+
+
+def _short(reason) -> str:
+    """A network error's reason without its errno prefix: 'Temporary failure in name resolution'."""
+    text = str(getattr(reason, "strerror", None) or reason)
+    if text.startswith("[Errno") and "] " in text:
+        text = text.split("] ", 1)[1]
+    return text
 
 
 def get_loaders(

@@ -150,6 +150,12 @@ def test_resume_without_checkpoint_names_the_path(tmp_path):
         (dict(epochs=1, schedule="linear"), "schedule"),
         (dict(epochs=1, optimizer="lbfgs"), "optimizer"),
         (dict(epochs=1, distill_alpha=2.0), "distill_alpha"),
+        (dict(epochs=1, lr=float("nan")), "lr must be a finite number > 0, got nan"),
+        (dict(epochs=1, lr=float("inf")), "lr must be a finite number > 0, got inf"),
+        (dict(epochs=1, lr=0.0), "lr must be a finite number > 0, got 0.0"),
+        (dict(epochs=1, weight_decay=-1.0), "weight_decay must be a finite number >= 0, got -1.0"),
+        (dict(epochs=1, momentum=1.0), r"momentum must be in \[0, 1\), got 1.0"),
+        (dict(epochs=1, seed=-1), r"seed must be a whole number in \[0, 4294967295\], got -1"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -296,3 +302,111 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert all(abs(a * 99 - round(a * 99)) < 1e-9 for a in history["test_acc"])
     state = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
     models.build("resnet/resnet8").load_state_dict(state["model"])
+
+
+# --------------------------------------------------------------------------------------
+# checkpoints that cannot be resumed, and runs that go wrong
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_epoch(tmp_path):
+    """A checkpoint folder after one epoch of SGD at lr 0.1 on 64 images."""
+    train_loader, test_loader = loaders(64, 32, 32)
+    fit(resnet8(), train_loader, test_loader, epochs=1, checkpoint_dir=tmp_path, **quiet())
+    return tmp_path
+
+
+def resume(folder, model=None, **kwargs):
+    train_loader, test_loader = loaders(64, 32, 32)
+    model = model if model is not None else resnet8()
+    return fit(model, train_loader, test_loader, epochs=2, checkpoint_dir=folder, resume=True, **quiet(**kwargs))
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda path: path.write_bytes(b""),
+        lambda path: path.write_bytes(bytes(range(256)) * 4),
+        lambda path: path.write_text("epoch 3\n"),
+        lambda path: torch.save(torch.zeros(3), path),
+        lambda path: torch.save({"weights": torch.zeros(3)}, path),
+    ],
+    ids=["empty", "random bytes", "text", "a tensor", "a dict of something else"],
+)
+def test_corrupt_checkpoint_named(one_epoch, write):
+    write(one_epoch / "checkpoint.pt")
+    with pytest.raises(ValueError) as info:
+        resume(one_epoch)
+    message = str(info.value)
+    assert message.startswith(f"{one_epoch / 'checkpoint.pt'} is not a valid effconv_ref checkpoint (")
+    assert "\n" not in message
+
+
+def test_resume_with_another_model_is_refused(one_epoch):
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="holds the weights of a different model"):
+        resume(one_epoch, model=models.build("resnet/resnet20"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, difference",
+    [
+        (dict(optimizer="adamw"), "optimizer: checkpoint 'sgd', requested 'adamw'"),
+        (dict(lr=0.05), "lr: checkpoint 0.1, requested 0.05"),
+        (dict(lr=0.05, seed=2), "lr: checkpoint 0.1, requested 0.05; seed: checkpoint 0, requested 2"),
+    ],
+)
+def test_resume_with_other_settings_is_refused(one_epoch, kwargs, difference):
+    with pytest.raises(ValueError) as info:
+        resume(one_epoch, **kwargs)
+    assert str(info.value) == (
+        f"cannot resume from {one_epoch / 'checkpoint.pt'}: the run's settings differ ({difference})"
+    )
+
+
+def test_resume_old_checkpoint_with_another_optimizer_is_refused(one_epoch):
+    """A checkpoint without stored settings: the optimizer's state tells which it was."""
+    state = torch.load(one_epoch / "checkpoint.pt", weights_only=True)
+    del state["settings"]
+    torch.save(state, one_epoch / "checkpoint.pt")
+    with pytest.raises(ValueError, match="it holds the state of an sgd optimizer, not of adamw"):
+        resume(one_epoch, optimizer="adamw")
+    lines = []
+    train_loader, test_loader = loaders(64, 32, 32)
+    fit(resnet8(), train_loader, test_loader, epochs=2, checkpoint_dir=one_epoch, resume=True,
+        progress=False, log=lines.append)
+    assert any("was written before checkpoints kept their settings" in line for line in lines)
+
+
+def test_failed_checkpoint_write_keeps_the_last_one(tmp_path, monkeypatch):
+    """A crash while writing epoch 2's checkpoint leaves epoch 1's whole, and no temporary file."""
+    real_save = torch.save
+    calls = []
+
+    def crash_on_second(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            f.write(b"half a checkpoint") if hasattr(f, "write") else Path(f).write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", crash_on_second)
+    train_loader, test_loader = loaders(64, 32, 32)
+    with pytest.raises(OSError, match="No space left"):
+        fit(resnet8(), train_loader, test_loader, epochs=2, checkpoint_dir=tmp_path, **quiet())
+    monkeypatch.setattr(torch, "save", real_save)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1
+    assert json.loads((tmp_path / "history.json").read_text())["epoch"] == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "history.json"]
+
+
+def test_diverging_loss_stops_training(tmp_path):
+    train_loader, test_loader = loaders(64, 32, 16)
+    with pytest.raises(FloatingPointError) as info:
+        fit(resnet8(), train_loader, test_loader, epochs=2, lr=1e30, checkpoint_dir=tmp_path, **quiet())
+    message = str(info.value)
+    assert message.startswith("the training diverged: the loss is ")
+    assert "at epoch 1 of 2, step " in message and message.endswith("try a lower learning rate than lr=1e+30")
+    assert not (tmp_path / "checkpoint.pt").exists()

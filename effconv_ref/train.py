@@ -38,6 +38,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
+from effconv_ref.models.registry import unknown_model_message
 from effconv_ref.runtime import progress_bar
 
 from effconv_ref.runtime import device as default_device
@@ -630,7 +631,7 @@ RESUME_HINT = "resume with the checkpoint's settings, or pass --overwrite to sta
 def check_arguments(args, model_names, dataset_names) -> None:
     """Every value of the command line: names that exist, numbers in range and finite."""
     if args.model not in model_names:
-        raise ValueError(f"unknown model {args.model!r}; choose one of: {', '.join(model_names)}")
+        raise ValueError(unknown_model_message(args.model))
     if args.dataset not in dataset_names:
         raise ValueError(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(dataset_names)}")
     if args.optimizer not in OPTIMIZERS:

@@ -261,7 +261,7 @@ def test_cli_trains_and_resumes(tmp_path):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--model", "resnet/nope", "--dataset", "shapes"], f"unknown model 'resnet/nope'; choose one of: {', '.join(list_models())}"),
+        (["--model", "lean/leanresnet-a", "--dataset", "shapes"], f"unknown model 'lean/leanresnet-a'; did you mean 'lean/leanresnet-A'? choose one of: {', '.join(list_models())}"),
         (["--model", "resnet/resnet8", "--dataset", "mnist"], "unknown dataset 'mnist'; choose one of: cifar10, cifar100, stl10, shapes"),
         (["--model", "resnet/resnet8", "--dataset", "shapes", "--resume", "--out", "nowhere"], f"no checkpoint to resume from at {Path('nowhere/checkpoint.pt')}"),
     ],
@@ -275,10 +275,11 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys, args, expected):
 
 
 def test_cli_error_exit_code_without_traceback(tmp_path):
-    run = cli("--model", "resnet/nope", "--dataset", "shapes", "--epochs", "1", cwd=tmp_path)
+    run = cli("--model", "lean/leanresnet-a", "--dataset", "shapes", "--epochs", "1", cwd=tmp_path)
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.strip().splitlines() == [
-        f"python -m effconv_ref.train: error: unknown model 'resnet/nope'; choose one of: {', '.join(list_models())}"
+        "python -m effconv_ref.train: error: unknown model 'lean/leanresnet-a'; did you mean 'lean/leanresnet-A'? "
+        f"choose one of: {', '.join(list_models())}"
     ]
     assert "resnet/resnet8" in run.stderr
 

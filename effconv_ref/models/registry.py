@@ -44,6 +44,13 @@ def _close_matches(name: str) -> list:
     return same_but_case or difflib.get_close_matches(name, list_models(), n=3, cutoff=0.6)
 
 
+def unknown_model_message(name: str) -> str:
+    """What ``build`` (and the training command line) says of a name that is not registered."""
+    close = _close_matches(name)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return f"unknown model {name!r}; {hint}choose one of: {', '.join(list_models())}"
+
+
 def _check_count(value, argument: str) -> int:
     """``num_classes`` and ``in_channels`` are ints >= 1 (a NumPy integer counts as an int)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -62,9 +69,7 @@ def build(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     if not isinstance(name, str):
         raise TypeError(f"the model name must be a str such as 'resnet/resnet8'; got {type(name).__name__}")
     if name not in _FACTORIES:
-        close = _close_matches(name)
-        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-        raise ValueError(f"unknown model {name!r}; {hint}choose one of: {', '.join(list_models())}")
+        raise ValueError(unknown_model_message(name))
     num_classes = _check_count(num_classes, "num_classes")
     if "in_channels" in kwargs:
         kwargs["in_channels"] = _check_count(kwargs["in_channels"], "in_channels")

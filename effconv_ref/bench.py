@@ -436,7 +436,7 @@ def _flop_rate(device: str, math_mode: str, threads: int) -> tuple[float, str]:
     """The best flop rate of a large matmul and of a large 3x3 convolution in ``math_mode``."""
     dev = torch.device(device)
     cuda = dev.type == "cuda"
-    n, (b, c, size), repeats = ((8192, (64, 256, 64), 20) if cuda else (1024, (4, 256, 32), 10))
+    n, (b, c, size), repeats = ((8192, (64, 256, 64), 20) if cuda else (1024, (4, 256, 32), 20))
     dtype = _MODE_DTYPES[math_mode]
     rates = {}
     with torch.no_grad(), _fp32_precision_as(dev.type, "tf32" if math_mode == "tf32" else "ieee"):

@@ -214,6 +214,9 @@ def test_stack_with_biases_is_affine_on_both_paths():
     reference = stack(x)
     offset = stack(torch.zeros(10, dtype=torch.float64))
     assert torch.allclose(reference, x @ stack.dense_weight().T + offset, rtol=0, atol=1e-11)
+    W, c = stack.multiplied_out()
+    assert torch.allclose(W, stack.dense_weight(), rtol=0, atol=1e-11)
+    assert torch.allclose(c, offset, rtol=0, atol=1e-12)
     stack.backend = "dense"
     assert torch.allclose(stack(x), reference, rtol=0, atol=1e-11)
 

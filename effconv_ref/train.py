@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from effconv_ref.runtime import progress_bar
 
+from effconv_ref.distill import AttentionTransfer
 from effconv_ref.runtime import device as default_device
 from effconv_ref.runtime import seed_everything
 
@@ -231,6 +232,7 @@ def fit(
     teacher: Optional[nn.Module] = None,
     distill_alpha: float = 0.5,
     distill_temperature: float = 4.0,
+    attention_beta: float = 0.0,
     progress: bool = True,
     log: Optional[Callable[[str], None]] = print,
 ) -> dict:
@@ -252,6 +254,9 @@ def fit(
 
     With a ``teacher``, the loss is ``distillation_loss`` with ``distill_alpha`` and
     ``distill_temperature``; the teacher stays in eval mode and gets no gradients.
+    ``attention_beta > 0`` adds attention transfer at each group's output,
+    ``attention_beta * Σ_j mean (Q(s_j) - Q(t_j))²`` (:mod:`effconv_ref.distill`; Crowley
+    et al. use ``distill_alpha=0`` and ``attention_beta=1e3``).
 
     Started by ``torchrun`` (``WORLD_SIZE > 1``), each process trains a
     ``DistributedDataParallel`` copy on its share of every batch (``batch_size`` samples
@@ -266,6 +271,8 @@ def fit(
         raise ValueError(f"distill_alpha must be in [0, 1], got {distill_alpha}")
     if distill_temperature <= 0:
         raise ValueError(f"distill_temperature must be > 0, got {distill_temperature}")
+    if attention_beta < 0 or (attention_beta > 0 and teacher is None):
+        raise ValueError(f"attention_beta must be >= 0 and needs a teacher; got {attention_beta}")
     checkpoint_path = None
     if checkpoint_dir is not None:
         checkpoint_path = Path(checkpoint_dir) / CHECKPOINT
@@ -293,6 +300,7 @@ def fit(
     model.to(device)
     if teacher is not None:
         teacher.to(device).eval()
+    attention = AttentionTransfer(model, teacher, attention_beta) if attention_beta > 0 else None
     opt = _make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
     history = {key: [] for key in HISTORY_KEYS}
     start = 0
@@ -340,6 +348,8 @@ def fit(
                 with torch.no_grad():
                     teacher_logits = teacher(images)
                 loss = distillation_loss(logits, teacher_logits, targets, distill_alpha, distill_temperature)
+                if attention is not None:
+                    loss = loss + attention.loss()
             else:
                 loss = F.cross_entropy(logits, targets)
             opt.zero_grad(set_to_none=True)
@@ -382,6 +392,8 @@ def fit(
             f"  test loss {test_loss:.4f} acc {test_acc:.4f}  lr {rate:.4g}"
         )
 
+    if attention is not None:
+        attention.remove()
     if distributed:
         dist.barrier()
         if owned_group:
@@ -414,6 +426,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--data-root", default=None, help="dataset folder (default $EFFCONV_DATA or ~/.cache/effconv_ref/datasets)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # distillation (Crowley et al.: attention transfer, beta 1e3, no soft targets)
+    parser.add_argument("--teacher", default=None, help="teacher checkpoint (a checkpoint.pt of this CLI)")
+    parser.add_argument("--teacher-model", default=None, help="the teacher's registered name (default --model)")
+    parser.add_argument("--attention-beta", type=float, default=1e3, help="attention transfer weight")
+    parser.add_argument("--distill-alpha", type=float, default=0.0, help="weight of Hinton et al.'s soft targets")
     return parser
 
 
@@ -444,6 +461,10 @@ def main(argv=None) -> int:
     out = Path(args.out or f"runs/{args.model.replace('/', '_')}-{args.dataset}")
     if args.resume and not (out / CHECKPOINT).is_file():
         return fail(f"no checkpoint to resume from at {out / CHECKPOINT}")
+    if args.teacher is not None and not Path(args.teacher).is_file():
+        return fail(f"no teacher checkpoint at {args.teacher}")
+    if (args.teacher_model or args.model) not in models.list_models():
+        return fail(f"unknown --teacher-model {args.teacher_model!r}")
 
     train_loader, test_loader, num_classes = data.get_loaders(
         args.dataset,
@@ -453,6 +474,11 @@ def main(argv=None) -> int:
         num_workers=args.num_workers,
         seed=args.seed,
     )
+    teacher = None
+    if args.teacher is not None:
+        teacher = models.build(args.teacher_model or args.model, num_classes=num_classes)
+        state = torch.load(args.teacher, map_location="cpu", weights_only=True)
+        teacher.load_state_dict(state["model"])
     seed_everything(args.seed)  # the initial weights
     model = models.build(args.model, num_classes=num_classes)
     history = fit(
@@ -468,6 +494,8 @@ def main(argv=None) -> int:
         checkpoint_dir=out,
         resume=args.resume,
         progress=not args.no_progress,
+        **(dict(teacher=teacher, attention_beta=args.attention_beta,
+                distill_alpha=args.distill_alpha) if teacher is not None else {}),
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"final test accuracy {history['test_acc'][-1]:.4f} after {len(history['epoch'])} epochs")

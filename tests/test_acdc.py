@@ -394,3 +394,28 @@ def test_reprs_name_the_arguments():
     assert "4, 8, kernel_size=3, stride=2, padding=1, depthwise='acdc'" in text
     assert "depth=12, riffle=True" in text
     assert math.isclose(acdc_macs(1), 4.0)
+
+
+# --------------------------------------------------------------------------------------
+# the crossover sweep
+# --------------------------------------------------------------------------------------
+
+
+def test_crossover_sweep_records_each_path_with_its_model(monkeypatch):
+    from effconv_ref import sweeps
+
+    assert sweeps.SWEEPS["acdc-crossover"] is sweeps.acdc_crossover
+    tiny = dict(batch=1, image_size=4, depth=2, dtypes=("float32", "bfloat16"), channels=[4, 8])
+    monkeypatch.setitem(sweeps.ACDC_CROSSOVER, "tiny", tiny)
+    records = sweeps.acdc_crossover("tiny", repeats=1)
+    assert [(r["dtype"], r["channels"], r["name"]) for r in records] == [
+        (d, c, p) for d in ("float32", "bfloat16") for c in (4, 8) for p in ("dct", "dense", "auto")
+    ]
+    for r in records:
+        c = r["channels"]
+        assert r["path"] == (r["name"] if r["name"] != "auto" else choose_backend(c, 2))
+        per_pixel = 2 * acdc_macs(c) if r["path"] == "dct" else c * c
+        assert math.isclose(r["model_macs"], 16 * per_pixel)
+        assert r["floor_s"] > 0 and r["time_s"] > 0 and r["baseline_s"] > 0
+    with pytest.raises(ValueError, match="preset='huge'"):
+        sweeps.acdc_crossover("huge")

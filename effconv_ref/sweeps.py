@@ -200,38 +200,6 @@ def lean_targets(records: list[dict], min_channels: int = 64) -> dict:
     }
 
 
-SWEEPS = {"lowcost-figure1": lowcost_figure1, "lowcost-steps": lowcost_steps, "lean-figure1": lean_figure1}
-
-
-def default_path(sweep: str, device_name: str) -> Path:
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
-    return Path("data") / "bench" / f"{sweep}_{slug}.json"
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m effconv_ref.sweeps", description=__doc__.split("\n")[0])
-    parser.add_argument("sweep", help=f"one of {', '.join(SWEEPS)}")
-    parser.add_argument("--preset", default=None, help="gpu or cpu (default: gpu when a GPU is present)")
-    parser.add_argument("--out", default=None, help="JSON file (default: data/bench/<sweep>_<device>.json)")
-    args = parser.parse_args(argv)
-    if args.sweep not in SWEEPS:
-        parser.error(f"unknown sweep {args.sweep!r}; choose one of {', '.join(SWEEPS)}")
-    preset = args.preset or ("gpu" if torch.cuda.is_available() else "cpu")
-    presets = LEAN_LAYERS if args.sweep == "lean-figure1" else PRESETS
-    if preset not in presets:
-        parser.error(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
-    sweep = SWEEPS[args.sweep]
-    records = sweep(preset, progress=True) if args.sweep.endswith("figure1") else sweep(preset)
-    out = Path(args.out) if args.out else default_path(args.sweep, records[0]["device"])
-    write_results(out, records, meta={"sweep": args.sweep, "preset": preset})
-    print(f"{len(records)} records written to {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # The crossover between the two exact paths of an ACDC stack (effconv_ref.acdc): the fast
 # DCT (O(N log N) per layer, 12 layers) against the stack multiplied out into one N x N
 # matrix (one 1x1 convolution). The paper's model, 12 (4N + 5N log2 N) against N², puts it
@@ -302,4 +270,36 @@ def acdc_crossover(preset: str = "cpu", device=None, progress: bool = False,
     return records
 
 
-SWEEPS["acdc-crossover"] = acdc_crossover
+
+SWEEPS = {"lowcost-figure1": lowcost_figure1, "lowcost-steps": lowcost_steps, "lean-figure1": lean_figure1,
+          "acdc-crossover": acdc_crossover}
+
+
+def default_path(sweep: str, device_name: str) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
+    return Path("data") / "bench" / f"{sweep}_{slug}.json"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m effconv_ref.sweeps", description=__doc__.split("\n")[0])
+    parser.add_argument("sweep", help=f"one of {', '.join(SWEEPS)}")
+    parser.add_argument("--preset", default=None, help="gpu or cpu (default: gpu when a GPU is present)")
+    parser.add_argument("--out", default=None, help="JSON file (default: data/bench/<sweep>_<device>.json)")
+    args = parser.parse_args(argv)
+    if args.sweep not in SWEEPS:
+        parser.error(f"unknown sweep {args.sweep!r}; choose one of {', '.join(SWEEPS)}")
+    preset = args.preset or ("gpu" if torch.cuda.is_available() else "cpu")
+    presets = LEAN_LAYERS if args.sweep == "lean-figure1" else PRESETS
+    if preset not in presets:
+        parser.error(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
+    sweep = SWEEPS[args.sweep]
+    records = sweep(preset, progress=True) if args.sweep.endswith("figure1") else sweep(preset)
+    out = Path(args.out) if args.out else default_path(args.sweep, records[0]["device"])
+    write_results(out, records, meta={"sweep": args.sweep, "preset": preset})
+    print(f"{len(records)} records written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -419,3 +419,15 @@ def test_crossover_sweep_records_each_path_with_its_model(monkeypatch):
         assert r["floor_s"] > 0 and r["time_s"] > 0 and r["baseline_s"] > 0
     with pytest.raises(ValueError, match="preset='huge'"):
         sweeps.acdc_crossover("huge")
+
+
+def test_crossover_sweep_is_known_to_the_command_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "effconv_ref.sweeps", "acdc-crossover", "--preset", "nope"],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 2
+    assert "unknown preset 'nope'" in done.stderr and "unknown sweep" not in done.stderr

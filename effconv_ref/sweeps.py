@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from effconv_ref.bench import benchmark, device_name, measure_peaks, time_fn, write_results
+from effconv_ref.bench import benchmark, device_name, math_mode_of, measure_peaks, time_fn, write_results
 from effconv_ref.runtime import progress_bar
 from effconv_ref.circulant import CirculantConv2d
 from effconv_ref.cost import count_cost, lean_cost
@@ -207,7 +207,81 @@ def lean_targets(records: list[dict], min_channels: int = 64) -> dict:
     }
 
 
-SWEEPS = {"lowcost-figure1": lowcost_figure1, "lowcost-steps": lowcost_steps, "lean-figure1": lean_figure1}
+# The crossover between the two exact paths of an ACDC stack (effconv_ref.acdc): the fast
+# DCT (O(N log N) per layer, 12 layers) against the stack multiplied out into one N x N
+# matrix (one 1x1 convolution). The paper's model, 12 (4N + 5N log2 N) against N², puts it
+# near N = 600; the GPU preset measures it at batch 64, 32 x 32, float32 and bf16.
+ACDC_CROSSOVER = {
+    "gpu": dict(batch=64, image_size=32, depth=12, dtypes=("float32", "bfloat16"),
+                channels=[64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096]),
+    "cpu": dict(batch=2, image_size=16, depth=12, dtypes=("float32",),
+                channels=[16, 64, 256]),
+}
+
+
+def acdc_crossover(preset: str = "cpu", device=None, progress: bool = False,
+                   repeats=None) -> list[dict]:
+    """Time an ``N -> N`` ACDC stack at every pixel (``ACDCConv2d(N, N, 1, depth=12)``) on
+    each path, ``"dct"``, ``"dense"`` and ``"auto"``, beside a plain 1x1 ``nn.Conv2d`` of
+    the same shape (cuDNN on a GPU; ``ratio`` is the time over it).
+
+    Each record carries the paper's cost model of its path (``model_macs``: ``depth (4N +
+    5N log2 N)`` per pixel for ``dct``, ``N²`` for ``dense``; ``auto`` takes the smaller)
+    and the roofline floor of that work (input and output read and written once). bf16
+    runs under ``torch.autocast`` with bf16 inputs: the dense path's GEMM runs in bf16,
+    ``torch.fft`` has no bf16 and runs the DCT path in float32.
+    """
+    from effconv_ref.acdc import ACDCConv2d, choose_backend, stack_macs
+
+    if preset not in ACDC_CROSSOVER:
+        raise ValueError(f"preset={preset!r}; choose one of {', '.join(ACDC_CROSSOVER)}")
+    device = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    p = ACDC_CROSSOVER[preset]
+    batch, n, depth = p["batch"], p["image_size"], p["depth"]
+    # each dtype's floor uses the peak of the math mode its convolutions run in
+    peaks = {d: measure_peaks(device, math_mode=math_mode_of(device, getattr(torch, d), "conv"))
+             for d in p["dtypes"]}
+    cases = [(d, c) for d in p["dtypes"] for c in p["channels"]]
+    records = []
+    with torch.no_grad():
+        for dtype_name, c in progress_bar(cases, disable=not progress, desc="ACDC crossover"):
+            dtype = getattr(torch, dtype_name)
+            size = torch.tensor([], dtype=dtype).element_size()
+
+            def make_inputs():
+                return (torch.randn(batch, c, n, n, device=device).to(dtype),)
+
+            def autocast():
+                return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+            conv1x1 = torch.nn.Conv2d(c, c, 1, bias=False).to(device)
+            model = {"dct": stack_macs(c, depth), "dense": c * c}
+            for path in ("dct", "dense", "auto"):
+                op = ACDCConv2d(c, c, 1, depth=depth, backend=path).to(device)
+                chosen = path if path != "auto" else choose_backend(c, depth)
+                macs = batch * n * n * model[chosen]
+                moved = size * 2 * batch * c * n * n + 4 * 2 * depth * c
+
+                def run(x, op=op):
+                    with autocast():
+                        return op(x)
+
+                def baseline(x):
+                    with autocast():
+                        return conv1x1(x)
+
+                r = benchmark(path, run, make_inputs, flops=2 * macs, bytes=moved, peaks=peaks[dtype_name],
+                              baseline=baseline, device=device, repeats=repeats, batch=batch,
+                              channels=c, image_size=n, depth=depth, dtype=dtype_name,
+                              path=chosen, model_macs=macs)
+                records.append(r)
+    return records
+
+
+
+SWEEPS = {"lowcost-figure1": lowcost_figure1, "lowcost-steps": lowcost_steps, "lean-figure1": lean_figure1,
+          "acdc-crossover": acdc_crossover}
 
 
 def default_path(sweep: str, device: str) -> Path:
@@ -283,3 +357,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Subset
 from effconv_ref.models.registry import unknown_model_message
 from effconv_ref.runtime import progress_bar
 
+from effconv_ref.distill import AttentionTransfer
 from effconv_ref.runtime import device as default_device
 from effconv_ref.runtime import seed_everything
 
@@ -258,6 +259,7 @@ def training_settings(
     teacher: bool = False,
     distill_alpha: float = 0.5,
     distill_temperature: float = 4.0,
+    attention_beta: float = 0.0,
 ) -> dict:
     """Every setting of ``fit`` that changes the run, as its checkpoint stores them and
     ``resume`` compares them. ``epochs`` is not one: a resumed run may train longer."""
@@ -272,6 +274,7 @@ def training_settings(
         "teacher": teacher,
         "distill_alpha": distill_alpha,
         "distill_temperature": distill_temperature,
+        "attention_beta": attention_beta,
     }
 
 
@@ -387,6 +390,7 @@ def fit(
     teacher: Optional[nn.Module] = None,
     distill_alpha: float = 0.5,
     distill_temperature: float = 4.0,
+    attention_beta: float = 0.0,
     progress: bool = True,
     log: Optional[Callable[[str], None]] = print,
     settings: Optional[dict] = None,
@@ -415,6 +419,9 @@ def fit(
 
     With a ``teacher``, the loss is ``distillation_loss`` with ``distill_alpha`` and
     ``distill_temperature``; the teacher stays in eval mode and gets no gradients.
+    ``attention_beta > 0`` adds attention transfer at each group's output,
+    ``attention_beta * Σ_j mean (Q(s_j) - Q(t_j))²`` (:mod:`effconv_ref.distill`; Crowley
+    et al. use ``distill_alpha=0`` and ``attention_beta=1e3``).
 
     Started by ``torchrun`` (``WORLD_SIZE > 1``), each process trains a
     ``DistributedDataParallel`` copy on its share of every batch (``batch_size`` samples
@@ -429,6 +436,8 @@ def fit(
         raise ValueError(f"distill_alpha must be in [0, 1], got {distill_alpha}")
     if distill_temperature <= 0:
         raise ValueError(f"distill_temperature must be > 0, got {distill_temperature}")
+    if attention_beta < 0 or (attention_beta > 0 and teacher is None):
+        raise ValueError(f"attention_beta must be >= 0 and needs a teacher; got {attention_beta}")
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr}")
     if not 0.0 <= momentum < 1.0:
@@ -449,6 +458,7 @@ def fit(
             teacher=teacher is not None,
             distill_alpha=distill_alpha,
             distill_temperature=distill_temperature,
+            attention_beta=attention_beta,
         ),
         **(settings or {}),
     }
@@ -483,6 +493,7 @@ def fit(
     model.to(device)
     if teacher is not None:
         teacher.to(device).eval()
+    attention = AttentionTransfer(model, teacher, attention_beta) if attention_beta > 0 else None
     opt = _make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
     history = {key: [] for key in HISTORY_KEYS}
     start = 0
@@ -536,6 +547,8 @@ def fit(
                 with torch.no_grad():
                     teacher_logits = teacher(images)
                 loss = distillation_loss(logits, teacher_logits, targets, distill_alpha, distill_temperature)
+                if attention is not None:
+                    loss = loss + attention.loss()
             else:
                 loss = F.cross_entropy(logits, targets)
             value = loss.item()
@@ -584,6 +597,8 @@ def fit(
             f"  test loss {test_loss:.4f} acc {test_acc:.4f}  lr {rate:.4g}"
         )
 
+    if attention is not None:
+        attention.remove()
     if distributed:
         dist.barrier()
         if owned_group:
@@ -619,6 +634,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--data-root", default=None, help="dataset folder (default $EFFCONV_DATA or ~/.cache/effconv_ref/datasets)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # distillation (Crowley et al.: attention transfer, beta 1e3, no soft targets)
+    parser.add_argument("--teacher", default=None, help="teacher checkpoint (a checkpoint.pt of this CLI)")
+    parser.add_argument("--teacher-model", default=None, help="the teacher's registered name (default --model)")
+    parser.add_argument("--attention-beta", type=float, default=1e3, help="attention transfer weight")
+    parser.add_argument("--distill-alpha", type=float, default=0.0, help="weight of Hinton et al.'s soft targets")
     return parser
 
 
@@ -632,6 +652,15 @@ def check_arguments(args, model_names, dataset_names) -> None:
     """Every value of the command line: names that exist, numbers in range and finite."""
     if args.model not in model_names:
         raise ValueError(unknown_model_message(args.model))
+    if args.teacher is not None:
+        if args.teacher_model is not None and args.teacher_model not in model_names:
+            raise ValueError(f"unknown --teacher-model {args.teacher_model!r}; {unknown_model_message(args.teacher_model).split('; ', 1)[1]}")
+        if not Path(args.teacher).is_file():
+            raise ValueError(f"no teacher checkpoint at {args.teacher} (--teacher)")
+        if not (math.isfinite(args.attention_beta) and args.attention_beta >= 0):
+            raise ValueError(f"--attention-beta must be a finite number >= 0, got {args.attention_beta}")
+        if not 0.0 <= args.distill_alpha <= 1.0:
+            raise ValueError(f"--distill-alpha must be in [0, 1], got {args.distill_alpha}")
     if args.dataset not in dataset_names:
         raise ValueError(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(dataset_names)}")
     if args.optimizer not in OPTIMIZERS:
@@ -747,13 +776,19 @@ def main(argv=None) -> int:
         schedule=args.schedule,
         seed=args.seed,
     )
+    if args.teacher is not None:  # attention transfer (Crowley et al.: beta 1e3, no soft targets)
+        hyper.update(attention_beta=args.attention_beta, distill_alpha=args.distill_alpha)
     extra = {"model": args.model, "dataset": args.dataset, "size": args.size}
     try:
         check_arguments(args, models.list_models(), data.DATASETS)
         check_existing_run(out, args.resume, args.overwrite)
         check_out_folder(out)
         if args.resume:
-            check_checkpoint(out / CHECKPOINT, {**training_settings(**hyper, batch_size=args.batch_size), **extra})
+            distilled = dict(teacher=args.teacher is not None)
+            check_checkpoint(
+                out / CHECKPOINT,
+                {**training_settings(**hyper, **distilled, batch_size=args.batch_size), **extra},
+            )
     except ValueError as error:  # CheckpointError included
         return fail(str(error))
 
@@ -766,6 +801,14 @@ def main(argv=None) -> int:
             num_workers=args.num_workers,
             seed=args.seed,
         )
+        teacher = None
+        if args.teacher is not None:
+            teacher = models.build(args.teacher_model or args.model, num_classes=num_classes)
+            try:
+                teacher.load_state_dict(load_checkpoint(args.teacher)["model"])
+            except RuntimeError as error:  # the checkpoint holds another architecture
+                first = str(error).splitlines()[0]
+                return fail(f"--teacher {args.teacher} does not fit {args.teacher_model or args.model}: {first}")
         seed_everything(args.seed)  # the initial weights
         model = models.build(args.model, num_classes=num_classes)
         if main_process:
@@ -783,6 +826,7 @@ def main(argv=None) -> int:
             resume=args.resume,
             progress=not args.no_progress,
             settings=extra,
+            teacher=teacher,
         )
     except data.DownloadError as error:
         return fail(str(error))

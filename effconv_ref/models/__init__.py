@@ -5,5 +5,6 @@ from effconv_ref.models import resnet  # noqa: F401  (registers its models)
 from effconv_ref.models import lowcost  # noqa: F401
 from effconv_ref.models import lean  # noqa: F401
 from effconv_ref.models import lean_baselines  # noqa: F401
+from effconv_ref.models import secl  # noqa: F401
 
 __all__ = ["build", "list_models", "register"]

@@ -2,10 +2,12 @@
 in plain PyTorch and, where the paper promises speed, a fast GPU path."""
 
 from effconv_ref.runtime import SCALES, device, scale, seed_everything
+from effconv_ref.acdc import ACDC, ACDCConv2d, ACDCStack
 from effconv_ref.circulant import CirculantConv2d
 from effconv_ref.depthwise import DepthwiseConv2d
 from effconv_ref.lean import LeanConv2d
 from effconv_ref.linearmix import LinearMix
+from effconv_ref.sic import SICConv2d, TpSConv2d, UnravelledConv2d
 from effconv_ref.steps import (
     CirculantRDStep,
     ExplicitRDStep,
@@ -18,7 +20,13 @@ from effconv_ref.steps import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ACDC",
+    "ACDCConv2d",
+    "ACDCStack",
     "SCALES",
+    "SICConv2d",
+    "TpSConv2d",
+    "UnravelledConv2d",
     "CirculantConv2d",
     "CirculantRDStep",
     "DepthwiseConv2d",

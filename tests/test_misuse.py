@@ -28,6 +28,7 @@ from effconv_ref import (
     models,
 )
 from effconv_ref.ops import implicit_solve
+from effconv_ref.sic import SICConv2d, TpSConv2d, UnravelledConv2d
 from effconv_ref.steps import MAX_H
 
 C, H, W = 4, 6, 5  # odd, non-square
@@ -42,6 +43,12 @@ PATHS = {
     "linearmix periodic": (lambda: LinearMix(C, 3, boundary="periodic"), C, 1),
     "lean": (lambda: LeanConv2d(C, C), C, 1),
     "lean 4->6 stride 2 bias": (lambda: LeanConv2d(C, 6, stride=2, bias=True), 6, 2),
+    "unravelled 4->6 b=2 bias": (lambda: UnravelledConv2d(C, 6, 3, 2, bias=True), 6, 1),
+    "sic": (lambda: SICConv2d(C, 3), C, 1),
+    "sic 4->6 5x5": (lambda: SICConv2d(C, 5, out_channels=6), 6, 1),
+    "sic tps projection": (lambda: SICConv2d(C, 3, grid=(2, 2), neighborhood=(2, 1)), C, 1),
+    "tps reference": (lambda: TpSConv2d(C, 3, (2, 2), (1, 2), bias=True, backend="reference"), C, 1),
+    "tps gather": (lambda: TpSConv2d(C, 3, (2, 2), (1, 2), bias=True, backend="gather"), C, 1),
     "ResNetStep": (lambda: ResNetStep(C), C, 1),
     "MobileNetStep": (lambda: MobileNetStep(C), C, 1),
     "LinearMixStep": (lambda: LinearMixStep(C), C, 1),
@@ -54,7 +61,7 @@ FFT_PATHS = ["depthwise fft", "circulant", "ImplicitRDStep", "CirculantRDStep"]
 ADJOINTS = ["depthwise direct zeros", "depthwise direct periodic", "depthwise fft", "circulant",
             "linearmix zeros", "linearmix periodic"]
 STEPS = [ResNetStep, MobileNetStep, LinearMixStep, ExplicitRDStep, ImplicitRDStep, CirculantRDStep]
-OPERATORS = [DepthwiseConv2d, CirculantConv2d, LinearMix, LeanConv2d]
+OPERATORS = [DepthwiseConv2d, CirculantConv2d, LinearMix, LeanConv2d, UnravelledConv2d, SICConv2d, TpSConv2d]
 
 
 def make(name, dtype=torch.float32):
@@ -170,7 +177,7 @@ def test_autocast_fft_paths_compute_in_float32_the_others_in_autocasts_dtype(nam
     fft_steps = ("ImplicitRDStep", "CirculantRDStep")  # their last operation is FFT-based
     if name in ("depthwise fft", "circulant") or name in fft_steps:
         assert y.dtype == torch.float32
-    elif name.startswith(("ResNetStep", "LinearMixStep", "ExplicitRDStep")):
+    elif name.startswith(("ResNetStep", "LinearMixStep", "ExplicitRDStep", "sic")) and name != "sic 4->6 5x5":
         assert y.dtype in (torch.float32, torch.bfloat16)  # y + (bfloat16 update) promotes to the input's
     else:
         assert y.dtype == torch.bfloat16

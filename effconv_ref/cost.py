@@ -6,7 +6,8 @@ Two ways to get the same numbers, so that each checks the other:
   and :func:`pointwise_cost`, written from the textbook expressions;
 * **by counting** — :func:`count_cost` runs a module once under PyTorch's
   :class:`~torch.utils.flop_counter.FlopCounterMode`, extended here with the FFTs it does
-  not know about (:func:`fft_flops`).
+  not know about (:func:`fft_flops`); :func:`layer_macs` lists, layer by layer, the
+  multiply-adds of the convolutions and fully connected layers, as papers count a network.
 
 A MAC is one multiply and one add, so ``flops = 2 * macs``. *Bytes* is the least traffic
 a single pass must have with memory: read the input once, read the weights once, write the
@@ -33,6 +34,7 @@ __all__ = [
     "fft_flops",
     "count_params",
     "count_cost",
+    "layer_macs",
     "roofline_floor",
     "bound",
 ]
@@ -301,6 +303,87 @@ def count_cost(module, *inputs, dtype_bytes: int = 4) -> Cost:
     param_bytes = _tensor_bytes(list(module.parameters()), dtype_bytes) if is_module else 0
     moved = _tensor_bytes(inputs, dtype_bytes) + param_bytes + _tensor_bytes(output, dtype_bytes)
     return Cost(params=params, macs=round(flops / 2), bytes=moved)
+
+
+# layers that compute but are not counted, as papers count: normalisation (element-wise)
+_NOT_COUNTED = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d,
+                torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+
+def _fan_in(module: torch.nn.Module) -> int | None:
+    """Multiply-adds per output number: ``in / groups * kh * kw`` for a convolution,
+    ``in_features`` for a fully connected layer, ``∏ t * k²`` for a TpS convolution;
+    ``None`` for a module that is not one of them."""
+    from effconv_ref.sic import TpSConv2d
+
+    if isinstance(module, torch.nn.Conv2d):
+        return module.in_channels // module.groups * math.prod(module.kernel_size)
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features
+    if isinstance(module, TpSConv2d):
+        return module.weight.shape[1] * module.kernel_size ** 2
+    return None
+
+
+def layer_macs(model: torch.nn.Module, input_size: Sequence[int]) -> list[dict]:
+    """Multiply-adds of every convolution and fully connected layer of ``model`` on one
+    input of ``input_size`` (``(C, H, W)``), as papers count a network: each output number
+    costs its fan-in, ``macs = outputs x fan_in``. Normalisation, activations, pooling,
+    residual additions and biases are not counted.
+
+    One row per call of an ``nn.Conv2d`` (any groups, stride, padding), ``nn.Linear`` or
+    :class:`~effconv_ref.sic.TpSConv2d`, in the order they run: ``name`` (the module's name
+    in ``model``), ``type``, ``in_channels``, ``out_channels``, ``groups`` (``None`` where it
+    does not apply), ``output_size`` (``(H, W)``, ``None`` for a linear layer), ``fan_in``,
+    ``outputs`` (numbers per input) and ``macs``. Counted by forward hooks on one pass (no
+    autograd, in eval mode, each module's training flag restored after), independently of
+    :class:`~torch.utils.flop_counter.FlopCounterMode`; ``model`` may live on the ``meta``
+    device. A module with parameters of its own that is none of these layers and no
+    normalisation raises ``TypeError`` before any work: its cost would be missed.
+    """
+    names = {module: name for name, module in model.named_modules()}
+    for module, name in names.items():
+        own = next(module.parameters(recurse=False), None) is not None
+        if own and _fan_in(module) is None and not isinstance(module, _NOT_COUNTED):
+            raise TypeError(
+                f"layer_macs counts nn.Conv2d, nn.Linear and TpSConv2d; {name or 'the model'} "
+                f"({type(module).__name__}) holds parameters of its own and is none of them"
+            )
+    size = tuple(input_size)
+    if len(size) != 3 or not all(isinstance(v, int) and v >= 1 for v in size):
+        raise ValueError(f"input_size must be (C, H, W), three positive ints; got {input_size!r}")
+    rows = []
+
+    def record(module, inputs, output):
+        fan_in, outputs = _fan_in(module), output[0].numel()
+        linear = isinstance(module, torch.nn.Linear)
+        rows.append({
+            "name": names[module],
+            "type": type(module).__name__,
+            "in_channels": module.in_features if linear else module.in_channels,
+            "out_channels": module.out_features if linear else module.out_channels,
+            "groups": module.groups if isinstance(module, torch.nn.Conv2d) else None,
+            "output_size": None if linear else tuple(output.shape[-2:]),
+            "fan_in": fan_in,
+            "outputs": outputs,
+            "macs": outputs * fan_in,
+        })
+
+    hooks = [m.register_forward_hook(record) for m in names if _fan_in(m) is not None]
+    parameter = next(model.parameters(), None)
+    x = torch.zeros(1, *size, device=parameter.device if parameter is not None else None,
+                    dtype=parameter.dtype if parameter is not None else None)
+    modes = {module: module.training for module in names}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+        for hook in hooks:
+            hook.remove()
+    return rows
 
 
 def roofline_floor(flops: float, bytes: float, peak_flops: float, bandwidth: float) -> float:

@@ -6,5 +6,6 @@ from effconv_ref.models import lowcost  # noqa: F401
 from effconv_ref.models import lean  # noqa: F401
 from effconv_ref.models import lean_baselines  # noqa: F401
 from effconv_ref.models import secl  # noqa: F401
+from effconv_ref.models import factorized  # noqa: F401
 
 __all__ = ["build", "list_models", "register"]

@@ -279,9 +279,89 @@ def acdc_crossover(preset: str = "cpu", device=None, progress: bool = False,
     return records
 
 
+# Table 7 of Wang, Liu & Foroosh: the forward pass of the whole network at batch 128, model M
+# against ResNet-34 and model L against VGG-16 (torchvision's, untrained), 224 x 224, in eval
+# mode. The paper measured on a Titan X with cuDNN v5.1: 7.32x fewer FLOPs, 2.74x faster (M);
+# 42x and 14x (L). The CPU preset keeps the pairs at a size a laptop times in seconds.
+FACTORIZED_TABLE7 = {
+    "gpu": dict(batch=128, image_size=224, dtypes=("float32", "bfloat16"),
+                pairs=[("factorized/M", "resnet34"), ("factorized/L", "vgg16")]),
+    "cpu": dict(batch=1, image_size=48, dtypes=("float32",),
+                pairs=[("factorized/M", "resnet34"), ("factorized/L", "vgg16")]),
+}
+
+
+def factorized_table7(preset: str = "cpu", device=None, progress: bool = False,
+                      repeats=None) -> list[dict]:
+    """Forward time of each of our networks against the network the paper compares it
+    with (Table 7), same process, same inputs, both in eval mode without autograd.
+
+    One record per pair and dtype: ``name`` (ours), ``baseline`` (the torchvision network),
+    ``time_s`` and ``baseline_s``; ``speedup`` = ``baseline_s / time_s`` (the paper's
+    "actual"), ``mac_ratio`` = baseline multiply-adds over ours (its "theoretical", both
+    counted by :func:`~effconv_ref.cost.layer_macs` at this image size) and ``efficiency`` =
+    ``speedup / mac_ratio`` (the paper's 2.74 / 7.32 = 37% for M). ``math_mode`` is that of
+    the convolutions (float32 runs in TF32 on a recent GPU under PyTorch's defaults);
+    bf16 runs under ``torch.autocast``. The floor is our network's: its multiply-adds at
+    the batch, and the fewest bytes (inputs and output once, parameters once).
+    """
+    import torchvision
+
+    from effconv_ref.cost import layer_macs
+    from effconv_ref.models import build
+
+    if preset not in FACTORIZED_TABLE7:
+        raise ValueError(f"preset={preset!r}; choose one of {', '.join(FACTORIZED_TABLE7)}")
+    device = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    p = FACTORIZED_TABLE7[preset]
+    batch, n = p["batch"], p["image_size"]
+    modes = {d: math_mode_of(device, getattr(torch, d), "conv") for d in p["dtypes"]}
+    peaks = {d: measure_peaks(device, math_mode=modes[d]) for d in p["dtypes"]}
+    cases = [(d, ours, theirs) for d in p["dtypes"] for ours, theirs in p["pairs"]]
+    records = []
+    with torch.no_grad():
+        for dtype_name, ours, theirs in progress_bar(cases, disable=not progress, desc="Table 7"):
+            dtype = getattr(torch, dtype_name)
+            model = build(ours, num_classes=1000).to(device).eval()
+            baseline = getattr(torchvision.models, theirs)(num_classes=1000).to(device).eval()
+            macs = sum(r["macs"] for r in layer_macs(model, (3, n, n)))
+            baseline_macs = sum(r["macs"] for r in layer_macs(baseline, (3, n, n)))
+            params = sum(q.numel() for q in model.parameters())
+            size = torch.tensor([], dtype=dtype).element_size()
+            moved = size * batch * (3 * n * n + 1000) + 4 * params
+
+            def make_inputs():
+                return (torch.randn(batch, 3, n, n, device=device),)
+
+            def autocast():
+                return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+            def run(x, net=model):
+                with autocast():
+                    return net(x)
+
+            def run_baseline(x, net=baseline):
+                with autocast():
+                    return net(x)
+
+            r = benchmark(ours, run, make_inputs, flops=2 * batch * macs, bytes=moved,
+                          peaks=peaks[dtype_name], math_mode=modes[dtype_name],
+                          baseline=run_baseline, device=device, repeats=repeats,
+                          batch=batch, image_size=n, dtype=dtype_name,
+                          macs=macs, baseline_macs=baseline_macs, params=params,
+                          baseline_params=sum(q.numel() for q in baseline.parameters()))
+            r["baseline"] = theirs
+            r["speedup"] = r["baseline_s"] / r["time_s"]
+            r["mac_ratio"] = baseline_macs / macs
+            r["efficiency"] = r["speedup"] / r["mac_ratio"]
+            records.append(r)
+    return records
+
+
 
 SWEEPS = {"lowcost-figure1": lowcost_figure1, "lowcost-steps": lowcost_steps, "lean-figure1": lean_figure1,
-          "acdc-crossover": acdc_crossover}
+          "acdc-crossover": acdc_crossover, "factorized-table7": factorized_table7}
 
 
 def default_path(sweep: str, device: str) -> Path:

@@ -396,3 +396,33 @@ def test_bad_inputs():
     with torch.no_grad():
         assert small(torch.randn(1, 3, 7, 7)).shape == model(torch.randn(1, 3, 41, 41)).shape == (1, 3)
     assert build("factorized/C", in_channels=1)(torch.randn(2, 1, 64, 64)).shape == (2, 10)  # the registry's default
+
+
+# --------------------------------------------------------------------------------------
+# the Table 7 sweep
+# --------------------------------------------------------------------------------------
+
+
+def test_table7_sweep_on_the_cpu_preset():
+    from effconv_ref import sweeps
+
+    assert sweeps.SWEEPS["factorized-table7"] is sweeps.factorized_table7
+    gpu = sweeps.FACTORIZED_TABLE7["gpu"]
+    assert (gpu["batch"], gpu["image_size"]) == (128, 224)
+    records = sweeps.factorized_table7("cpu", device="cpu", repeats=1)
+    assert [(r["name"], r["baseline"], r["dtype"]) for r in records] == [
+        ("factorized/M", "resnet34", "float32"), ("factorized/L", "vgg16", "float32")]
+    n = sweeps.FACTORIZED_TABLE7["cpu"]["image_size"]
+    for r in records:
+        model = on_meta(r["name"])
+        with torch.device("meta"):
+            baseline = getattr(torchvision.models, r["baseline"])()
+        assert r["macs"] == total(layer_macs(model, (3, n, n)))
+        assert r["baseline_macs"] == total(layer_macs(baseline, (3, n, n)))
+        assert r["mac_ratio"] == pytest.approx(r["baseline_macs"] / r["macs"])
+        assert r["speedup"] == pytest.approx(r["baseline_s"] / r["time_s"])
+        assert r["efficiency"] == pytest.approx(r["speedup"] / r["mac_ratio"])
+        assert r["math_mode"] == "fp32" and r["floor_s"] > 0 and r["flops"] == 2 * r["macs"]
+        assert r["params"] == expected_params(r["name"][-1])
+    with pytest.raises(ValueError, match="preset='huge'"):
+        sweeps.factorized_table7("huge")

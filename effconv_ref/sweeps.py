@@ -325,8 +325,10 @@ def factorized_table7(preset: str = "cpu", device=None, progress: bool = False,
             dtype = getattr(torch, dtype_name)
             model = build(ours, num_classes=1000).to(device).eval()
             baseline = getattr(torchvision.models, theirs)(num_classes=1000).to(device).eval()
-            macs = sum(r["macs"] for r in layer_macs(model, (3, n, n)))
-            baseline_macs = sum(r["macs"] for r in layer_macs(baseline, (3, n, n)))
+            with torch.device("meta"):  # counted on shapes alone
+                macs = sum(r["macs"] for r in layer_macs(build(ours, num_classes=1000), (3, n, n)))
+                baseline_macs = sum(r["macs"] for r in layer_macs(
+                    getattr(torchvision.models, theirs)(num_classes=1000), (3, n, n)))
             params = sum(q.numel() for q in model.parameters())
             size = torch.tensor([], dtype=dtype).element_size()
             moved = size * batch * (3 * n * n + 1000) + 4 * params

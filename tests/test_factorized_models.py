@@ -18,9 +18,9 @@ from effconv_ref.models.factorized import (
     TPS_3D,
     BottleneckPair,
     FactorizedNet,
+    MaxPool,
     Residual,
     comp,
-    smallest_image,
     stage_costs,
     table1,
 )
@@ -138,7 +138,7 @@ def test_registered():
 @pytest.mark.parametrize("name", NAMES)
 def test_forward_and_backward_on_small_images(name):
     torch.manual_seed(0)
-    model = build(name, num_classes=10, ceil_mode=True)
+    model = build(name, num_classes=10)
     # batch 1 (eval: the last stage is 1x1 at 32x32, too small for batch statistics)
     model.eval()
     x = torch.randn(1, 3, 32, 32, requires_grad=True)
@@ -177,7 +177,8 @@ def test_the_skeleton():
     stem = model.stem[0]
     assert (stem.in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding) == \
         (3, 64, (7, 7), (2, 2), (0, 0))
-    assert [(p.kernel_size, p.stride) for p in model.pools] == [(3, 3), (2, 2), (3, 3)]
+    assert [(type(p), p.kernel_size, p.stride) for p in model.pools] == \
+        [(MaxPool, 3, 3), (MaxPool, 2, 2), (MaxPool, 3, 3)]
     assert [(s.opening[0].in_channels, s.opening[0].out_channels, s.opening[0].kernel_size)
             for s in model.stages] == [(64, 128, (1, 1)), (128, 256, (1, 1)), (256, 512, (1, 1))]
     assert (model.widen[0].in_channels, model.widen[0].out_channels) == (512, 1024)
@@ -196,7 +197,8 @@ def layers_of(model, kind):
 def test_the_bodies():
     a, b = build("factorized/A"), build("factorized/B")
     assert [len(s.body) for s in a.stages] == [2, 2, 2]
-    assert all(isinstance(layer[0], Residual) and layer[0].f.kernel_size == (3, 3) for s in a.stages for layer in s.body)
+    assert all(isinstance(layer[0], Residual) and layer[0].f.kernel_size == (3, 3)
+               for s in a.stages for layer in s.body)
     unravelled = layers_of(b, UnravelledConv2d)
     assert len(unravelled) == 6 and {u.bases for u in unravelled} == {4}
     for letter, count, k in (("C", 2, 3), ("D", 4, 3), ("E", 6, 3), ("F", 4, 5)):
@@ -227,11 +229,11 @@ def test_the_bodies():
 def test_every_body_layer_has_its_residual(name):
     """With every body weight zero, each layer (or bottleneck pair) passes its input on:
     relu(bn(0 + x)), BN at its initial running statistics. (The maps have the sizes of a
-    32x32 image's, 5, 3 and 1, the shapes the test above has already run.)"""
+    32x32 image's, 4, 2 and 1, the shapes the test above has already run.)"""
     torch.manual_seed(0)
     model = build(name).eval()
     eps = 1e-5
-    for stage, size in zip(model.stages, (5, 3, 1)):
+    for stage, size in zip(model.stages, (4, 2, 1)):
         for p in stage.body.parameters():
             if p.dim() > 1:  # convolution weights, not BN's
                 nn.init.zeros_(p)
@@ -371,8 +373,6 @@ def test_bad_names_and_arguments():
         build("factorized/a")
     with pytest.raises(ValueError, match=r"model='N'; choose one of A, B, C, D, E, F, G, H, I, J, L, M"):
         FactorizedNet("N")
-    with pytest.raises(TypeError, match="ceil_mode must be a bool"):
-        build("factorized/A", ceil_mode="yes")
     with pytest.raises(TypeError, match="unexpected keyword argument 'width'"):
         build("factorized/A", width=2)
     with pytest.raises(ValueError, match="num_classes must be an int >= 1"):
@@ -383,19 +383,38 @@ def test_bad_names_and_arguments():
 
 def test_bad_inputs():
     model = build("factorized/C", num_classes=3).eval()
-    with pytest.raises(ValueError, match=r"input is 32x40, smaller than the 41x41 .* ceil_mode=True"):
-        model(torch.randn(1, 3, 32, 40))
+    with pytest.raises(ValueError, match=r"input is 6x9; the 7x7 convolution of stage 1 \(unpadded\) needs"):
+        model(torch.randn(1, 3, 6, 9))
     with pytest.raises(ValueError, match=r"input has 1 channels but in_channels=3"):
         model(torch.randn(1, 1, 64, 64))
     with pytest.raises(ValueError, match="must be 4-D"):
         model(torch.randn(3, 64, 64))
-    small = build("factorized/C", num_classes=3, ceil_mode=True).eval()
-    with pytest.raises(ValueError, match=r"input is 6x6, smaller than the 7x7"):
-        small(torch.randn(1, 3, 6, 6))
-    assert (smallest_image(False), smallest_image(True)) == (41, 7)
-    with torch.no_grad():
-        assert small(torch.randn(1, 3, 7, 7)).shape == model(torch.randn(1, 3, 41, 41)).shape == (1, 3)
     assert build("factorized/C", in_channels=1)(torch.randn(2, 1, 64, 64)).shape == (2, 10)  # the registry's default
+
+
+def map_sizes(image):
+    """The side of the map after the 7x7 convolution and after each max-pool."""
+    sizes = [(image - 7) // 2 + 1]
+    for pool in (MaxPool(3), MaxPool(2), MaxPool(3)):
+        sizes.append(pool(torch.zeros(1, 1, sizes[-1], sizes[-1])).shape[-1])
+    return sizes
+
+
+def test_pools_round_down_and_degrade_gracefully():
+    assert map_sizes(221) == [108, 36, 18, 6] and map_sizes(224) == [109, 36, 18, 6]
+    assert map_sizes(64) == [29, 9, 4, 1] and map_sizes(41) == [18, 6, 3, 1]
+    # below 41x41 a window finds a smaller map: ceil rounding keeps its one partial window
+    assert map_sizes(40) == [17, 5, 2, 1] and map_sizes(32) == [13, 4, 2, 1] and map_sizes(7) == [1, 1, 1, 1]
+    for image in range(7, 230):
+        floor = [(image - 7) // 2 + 1]
+        for k in (3, 2, 3):
+            floor.append((floor[-1] - k) // k + 1)
+        assert (map_sizes(image) == floor) == (image >= 41), image
+    model = build("factorized/A", num_classes=4).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 7, 7)).shape == model(torch.randn(1, 3, 40, 33)).shape == (1, 4)
+    x = torch.arange(10.0).reshape(1, 1, 2, 5)  # smaller than the 3x3 window in height
+    torch.testing.assert_close(MaxPool(3)(x), torch.tensor([[[[7.0, 9.0]]]]))  # columns 0-2, 3-4
 
 
 # --------------------------------------------------------------------------------------

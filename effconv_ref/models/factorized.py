@@ -118,15 +118,17 @@ Readings of the text, and why
   materials." The supplement is not available, and the text fixes neither the widths nor
   the pooling strides nor the stage-opening layers, so neither network is built.
 - **No model K.** The paper's letters skip it (J, then L).
-- **Small images and other sizes.** The max-pools are ``nn.MaxPool2d(k, k)`` as the paper
-  draws them; the 6x6 average pool is an adaptive average pool to 1x1 (the same at 221 and
-  224, where the map is 6x6; global on other sizes). With PyTorch's default floor
-  rounding 221 and 224 both give 36 -> 18 -> 6, so Table 7's comparison at 224 costs what
-  the paper counts at 221; the smallest image is 41x41 (64x64 gives 29 -> 9 -> 4 -> 1).
-  ``ceil_mode=True`` keeps the partial windows at the edges and runs any image of at least
-  7x7, e.g. 32x32 (13 -> 5 -> 3 -> 1) for training on a CPU; it changes nothing at 221.
-- **Initialisation**: PyTorch's defaults (the paper does not say); BN starts at the
-  identity. The convolutions have no bias (each is followed by BN); the fully connected
+- **Small images and other sizes.** The max-pools round down, as PyTorch's and Torch's do:
+  221 and 224 both give 36 -> 18 -> 6, so at 224, the size of Table 7's comparison, a
+  network costs only its first convolution's 2,041,536 more than the paper counts at 221
+  (0.4% of M). A map smaller than a pool's window (below 41x41 images, where rounding down
+  would leave nothing) is pooled with ceil rounding, keeping the one partial window
+  (:class:`MaxPool`), so that any image of at least 7x7 runs: 32x32 gives 13 -> 4 -> 2 -> 1
+  for training on a CPU, 64x64 29 -> 9 -> 4 -> 1. The 6x6 average pool is an adaptive
+  average pool to 1x1: the same at 221 and 224, where the map is 6x6, and global on other
+  sizes.
+- **Initialisation**: PyTorch's defaults (the paper does not say); BN with weight 1 and
+  bias 0. The convolutions have no bias (each is followed by BN); the fully connected
   layers have one.
 """
 
@@ -136,6 +138,7 @@ from fractions import Fraction
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from effconv_ref.checks import check_input
 from effconv_ref.cost import layer_macs
@@ -149,6 +152,8 @@ __all__ = [
     "BottleneckPair",
     "FactorizedNet",
     "Residual",
+    "MaxPool",
+    "comp",
     "stage_costs",
     "table1",
 ]
@@ -175,6 +180,7 @@ MODELS = {
     "L": "bottleneck pairs of SIC layers, 8 layers",
     "M": "bottleneck pairs of SIC layers, 12 layers",
 }
+
 
 class Residual(nn.Module):
     """``f(x) + x``: the residual connection of Figure 1(a) around a layer ``f`` that keeps
@@ -250,34 +256,31 @@ class Stage(nn.Module):
         return self.body(self.opening(x))
 
 
-def smallest_image(ceil_mode: bool) -> int:
-    """The smallest square image the skeleton runs on: 41 (floor rounding) or 7 (ceil)."""
-    for size in range(7, 1000):
-        h = (size - 7) // 2 + 1
-        for k in POOLS:
-            h = -(-(h - k) // k) + 1 if ceil_mode else (h - k) // k + 1
-            if h < 1:
-                break
-        else:
-            return size
-    raise AssertionError("unreachable")
+class MaxPool(nn.MaxPool2d):
+    """Table 1's ``k x k`` max-pooling with stride ``k``, rounding down; a map smaller than
+    the window (in either direction) is pooled with ceil rounding, its one partial window
+    kept, so that small images run."""
+
+    def __init__(self, kernel_size: int):
+        super().__init__(kernel_size, kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        small = min(x.shape[-2:]) < self.kernel_size
+        return F.max_pool2d(x, self.kernel_size, self.stride, ceil_mode=small)
 
 
 class FactorizedNet(nn.Module):
     """Table 1's skeleton with the body of ``model`` (a letter of :data:`MODELS`) in stages
-    2-4. ``ceil_mode`` goes to the three max-pools (``True`` runs images from 7x7 up)."""
+    2-4; images of at least 7x7 pixels (221x221 in the paper)."""
 
-    def __init__(self, model: str, num_classes: int = 1000, in_channels: int = 3,
-                 ceil_mode: bool = False):
+    def __init__(self, model: str, num_classes: int = 1000, in_channels: int = 3):
         super().__init__()
         if model not in MODELS:
             raise ValueError(f"model={model!r}; choose one of {', '.join(MODELS)} (Tables 1 and 4-7)")
-        if not isinstance(ceil_mode, bool):
-            raise TypeError(f"ceil_mode must be a bool; got {ceil_mode!r}")
-        self.model, self.ceil_mode = model, ceil_mode
+        self.model = model
         self.in_channels = in_channels
         self.stem = conv_bn_relu(nn.Conv2d(in_channels, 64, 7, stride=2, bias=False), 64)
-        self.pools = nn.ModuleList(nn.MaxPool2d(k, k, ceil_mode=ceil_mode) for k in POOLS)
+        self.pools = nn.ModuleList(MaxPool(k) for k in POOLS)
         self.stages = nn.ModuleList(Stage(model, c_in, c) for c_in, c in zip((64,) + WIDTHS, WIDTHS))
         self.widen = conv_bn_relu(nn.Conv2d(WIDTHS[-1], 1024, 1, bias=False), 1024)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -285,16 +288,13 @@ class FactorizedNet(nn.Module):
         self.classifier = nn.Linear(2048, num_classes)
 
     def extra_repr(self) -> str:
-        return f"model={self.model!r}: {MODELS[self.model]}, ceil_mode={self.ceil_mode}"
+        return f"model={self.model!r}: {MODELS[self.model]}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, argument="in_channels")
-        smallest = smallest_image(self.ceil_mode)
-        if min(x.shape[-2:]) < smallest:
-            hint = "" if self.ceil_mode else "; build with ceil_mode=True to run images from 7x7 up"
-            raise ValueError(
-                f"input is {x.shape[-2]}x{x.shape[-1]}, smaller than the {smallest}x{smallest} that "
-                f"Table 1's 7x7/2 convolution and 3/3, 2/2, 3/3 max-pools need{hint}")
+        if min(x.shape[-2:]) < 7:
+            raise ValueError(f"input is {x.shape[-2]}x{x.shape[-1]}; the 7x7 convolution of stage 1 "
+                             "(unpadded) needs images of at least 7x7")
         x = self.stem(x)
         for pool, stage in zip(self.pools, self.stages):
             x = stage(pool(x))
@@ -307,7 +307,7 @@ def _factory(letter: str):
         return FactorizedNet(letter, num_classes, in_channels, **kwargs)
 
     factory.__name__ = f"factorized_{letter}"
-    factory.__doc__ = f"Model {letter}: {MODELS[letter]} per stage (keyword: ceil_mode)."
+    factory.__doc__ = f"Model {letter}: {MODELS[letter]} per stage."
     return factory
 
 

@@ -14,9 +14,10 @@ The skeleton (Table 1; input 221x221)::
     head      1x1 convolution 512 -> 1024, 6x6 average pooling,
               fully connected 1024 -> 2048, dropout 0.2, fully connected 2048 -> num_classes
 
-Every convolution is followed by batch normalisation and ReLU ("Batch normalization is
-placed after each convolutional layer and before the ReLU layer", section 3); the
-fully connected hidden layer by ReLU. Only the bodies differ (``c`` = the stage's width)::
+Every convolution (with its residual, where it has one) is followed by batch
+normalisation and ReLU ("Batch normalization is placed after each convolutional layer and
+before the ReLU layer", section 3); the fully connected hidden layer by ReLU. Only the
+bodies differ (``c`` = the stage's width)::
 
     A  (3, c) x 2        two standard 3x3 convolutions                      Table 1
     B  [3, 4, c] x 2     two unravelled convolutions, b = 4 bases            Table 1
@@ -72,7 +73,8 @@ Readings of the text, and why
   own residual, and :class:`Residual` around the standard, unravelled, grouped and TpS
   convolutions. Each layer is thus one linear map (``dense_weight`` with the identity
   tap) followed by BN and ReLU, the unit the paper factorises. The other common placement,
-  ResNet's ``relu(bn(f(x)) + x)``, is equally compatible with the text; it costs the same.
+  ResNet's ``relu(bn(f(x)) + x)``, is also compatible with the text and costs the same;
+  He et al. (2016b) found BN after the addition worse for a 110-layer ResNet on CIFAR-10.
 - **Which layers have a residual.** "The residual learning technique is applied to each
   convolutional layer or channel-wise bottleneck structure that have same dimension of
   input and output" (section 2) and "Residual connection is added after every
@@ -107,10 +109,10 @@ Readings of the text, and why
   (:class:`BottleneckPair`); the 8 and 12 layers are the SIC layers, the opening 1x1 is
   not one of them. What we had to assume: 3x3 filters (the text gives no kernel size; 5x5
   filters would add 25.7M to L and 38.5M to M and miss Table 7 by 7% and 8%), and BN and
-  ReLU after the first layer of a pair as after every convolution. With these the counts land on Table 7:
-  380,756,992 multiply-adds (381M printed) and 6,293,288 parameters (6.3M) for L,
-  491,782,144 (492M) and 7,010,984 (7M) for M. A pair costs one SIC layer's projection
-  ``c² h w`` and 1.5 of its depth-wise filters.
+  ReLU after the first layer of a pair as after every convolution. With these the counts
+  land on Table 7: 380,756,992 multiply-adds (381M printed) and 6,293,288 parameters
+  (6.3M) for L, 491,782,144 (492M) and 7,010,984 (7M) for M. A pair costs one SIC layer's
+  projection ``c² h w`` and 1.5 of its depth-wise filters.
 - **No N and O.** "Model N and O adopt the same structure as in [6]. They have different
   pooling strides and one more stages right after the first 7x7 convolutional layer. From
   the second to the fifth stage, model N has 20, 24, 24 and 32 layers, and model O has 20,
@@ -263,6 +265,9 @@ class MaxPool(nn.MaxPool2d):
 
     def __init__(self, kernel_size: int):
         super().__init__(kernel_size, kernel_size)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, ceil rounding on maps smaller than the window"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         small = min(x.shape[-2:]) < self.kernel_size

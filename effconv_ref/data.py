@@ -5,6 +5,8 @@ CPU without a network.
 ``get_dataset(name, train)`` returns one split; ``get_loaders(name)`` returns seeded
 training and test loaders and the number of classes. When a download fails,
 ``DownloadError`` says where torchvision downloads from and how to place the files by hand.
+With ``EFFCONV_OFFLINE=1`` nothing is downloaded: each torchvision set is replaced by
+``SyntheticImages`` of the same shape, classes and length, behind the same transforms.
 """
 
 import http.client
@@ -17,6 +19,8 @@ from typing import Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from .runtime import offline
 
 DATASETS = ("cifar10", "cifar100", "stl10", "shapes")
 
@@ -190,6 +194,83 @@ def _transform(name: str, train: bool):
     return transforms.Compose(steps)
 
 
+# --------------------------------------------------------------------------------------
+# offline: synthetic images in place of a download (EFFCONV_OFFLINE=1)
+# --------------------------------------------------------------------------------------
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+STL10_CLASSES = (
+    "airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck",
+)  # fmt: skip
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
+    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle",
+    "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch",
+    "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox",
+    "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
+    "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom",
+    "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
+    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake",
+    "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
+    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle",
+    "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+)  # fmt: skip
+
+# name: (training length, test length, image side, class names) of the real datasets
+REAL_SHAPES = {
+    "cifar10": (50_000, 10_000, 32, CIFAR10_CLASSES),
+    "cifar100": (50_000, 10_000, 32, CIFAR100_CLASSES),
+    "stl10": (5_000, 8_000, 96, STL10_CLASSES),
+}
+
+
+class SyntheticImages(Dataset):
+    """``length`` random RGB images of ``side x side`` pixels, returned as PIL images (as
+    torchvision's sets return them) through ``transform``, like torchvision's ``FakeData``.
+
+    Image ``i`` has uniform random pixels drawn from its own generator, seeded by
+    ``2 * i + seed`` (deterministic in any order; seeds 0 and 1 never share an image), and
+    class ``i % len(classes)``, so every prefix is class-balanced. The global random state is
+    left alone.
+    """
+
+    def __init__(self, length: int, side: int, classes, seed: int = 0, transform=None) -> None:
+        self.length, self.side, self.seed = length, side, seed
+        self.classes = list(classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} is out of range for {self.length} images")
+        generator = torch.Generator().manual_seed(2 * index + self.seed)
+        pixels = torch.randint(0, 256, (self.side, self.side, 3), dtype=torch.uint8, generator=generator)
+        image = Image.fromarray(pixels.numpy())  # (side, side, 3) uint8: RGB
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, index % len(self.classes)
+
+
+def synthetic_dataset(name: str, train: bool) -> SyntheticImages:
+    """The offline stand-in for the torchvision set ``name``: its length, image size and
+    classes, its transforms (augmentation included), and synthetic pixels."""
+    train_len, test_len, side, classes = REAL_SHAPES[name]
+    return SyntheticImages(
+        train_len if train else test_len,
+        side,
+        classes,
+        seed=0 if train else 1,
+        transform=_transform(name, train),
+    )
+
+
 def get_dataset(
     name: str,
     train: bool = True,
@@ -204,6 +285,7 @@ def get_dataset(
     horizontal flip. ``size`` keeps only the first ``size`` samples (a ``Subset``), for
     smoke runs. Every returned dataset has a ``classes`` list. A failed download raises
     ``DownloadError`` with the URL, the folder and the command to place the files by hand.
+    With ``EFFCONV_OFFLINE=1`` a torchvision set is ``synthetic_dataset(name, train)``.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -215,6 +297,9 @@ def get_dataset(
         n = full if size is None else min(size, full)
         # the first n images of a split do not depend on how many are generated
         return ShapesDataset(n, seed=SHAPES_TRAIN_SEED if train else SHAPES_TEST_SEED)
+
+    if offline():
+        return _first(synthetic_dataset(name, train), size)
 
     source = _torchvision_class(name)
     folder = data_root(root)
@@ -232,11 +317,16 @@ def get_dataset(
         ) from error
     if not hasattr(dataset, "classes"):
         dataset.classes = [str(i) for i in range(NUM_CLASSES[name])]
-    if size is not None and size < len(dataset):
-        subset = Subset(dataset, range(size))
-        subset.classes = dataset.classes
-        return subset
-    return dataset
+    return _first(dataset, size)
+
+
+def _first(dataset: Dataset, size: Optional[int]) -> Dataset:
+    """The first ``size`` samples of ``dataset`` (all of them for ``None``), with its ``classes``."""
+    if size is None or size >= len(dataset):
+        return dataset
+    subset = Subset(dataset, range(size))
+    subset.classes = dataset.classes
+    return subset
 
 
 def _short(reason) -> str:

@@ -396,7 +396,7 @@ def problems(name, math, seen):
 
 
 @pytest.mark.parametrize("name", toc_files())
-def test_page_reads_in_a_browser(html, browser, name):
+def test_page_reads_in_a_browser(browser, html, name):
     page = html / f"{name}.html"
     assert page.exists(), f"{name} did not render"
     math, seen = measure(browser, page)

@@ -5,8 +5,9 @@ CPU without a network.
 ``get_dataset(name, train)`` returns one split; ``get_loaders(name)`` returns seeded
 training and test loaders and the number of classes. When a download fails,
 ``DownloadError`` says where torchvision downloads from and how to place the files by hand.
-With ``EFFCONV_OFFLINE=1`` nothing is downloaded: each torchvision set is replaced by
-``SyntheticImages`` of the same shape, classes and length, behind the same transforms.
+With ``EFFCONV_OFFLINE=1`` nothing is downloaded: each torchvision set is replaced by the
+``shapes`` patterns drawn at its image size, with its classes and length, behind the same
+transforms (``synthetic_dataset``).
 """
 
 import http.client
@@ -225,22 +226,40 @@ REAL_SHAPES = {
     "cifar100": (50_000, 10_000, 32, CIFAR100_CLASSES),
     "stl10": (5_000, 8_000, 96, STL10_CLASSES),
 }
+SYNTHETIC_BLOCK = 100  # images made per call of make_shapes (a multiple of 100 classes)
+SYNTHETIC_TINTS = 0.4 + 0.6 * torch.rand(10, 3, generator=torch.Generator().manual_seed(12345))
+
+
+def synthetic_block(block: int, side: int, num_classes: int, seed: int) -> torch.Tensor:
+    """Images ``block * SYNTHETIC_BLOCK`` to ``(block + 1) * SYNTHETIC_BLOCK - 1`` of a synthetic
+    set, as uint8 ``(SYNTHETIC_BLOCK, side, side, 3)``: the ``shapes`` patterns drawn at
+    ``side x side`` (seed ``1000 * seed + block``), so that a network learns them as it learns
+    the real set. Image ``i`` has class ``i % num_classes``: pattern ``i % 10`` and, for 100
+    classes, one of ten fixed colour tints, ``SYNTHETIC_TINTS[(i // 10) % 10]``.
+    """
+    if num_classes not in (10, 100):
+        raise ValueError(f"num_classes must be 10 or 100, got {num_classes}")
+    if not 0 <= seed < 1000:
+        raise ValueError(f"seed must be in [0, 1000), got {seed}")
+    normalised, _ = make_shapes(SYNTHETIC_BLOCK, seed=1000 * seed + block, size=side)
+    pixels = normalised.mul_(SHAPES_STD).add_(SHAPES_MEAN).clamp_(0.0, 1.0)
+    if num_classes == 100:
+        family = torch.arange(SYNTHETIC_BLOCK) // 10 % 10
+        pixels.mul_(SYNTHETIC_TINTS[family].view(-1, 3, 1, 1))
+    return pixels.mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 class SyntheticImages(Dataset):
-    """``length`` random RGB images of ``side x side`` pixels, returned as PIL images (as
-    torchvision's sets return them) through ``transform``, like torchvision's ``FakeData``.
+    """``length`` synthetic images of ``side x side`` pixels (``synthetic_block``), made a block at
+    a time when first read and returned as PIL images (as torchvision's sets return them)
+    through ``transform``, with labels ``i % len(classes)`` and ``classes``. Deterministic;
+    seeds 0 and 1 (training and test) share no image."""
 
-    Image ``i`` has uniform random pixels drawn from its own generator, seeded by
-    ``2 * i + seed`` (deterministic in any order; seeds 0 and 1 never share an image), and
-    class ``i % len(classes)``, so every prefix is class-balanced. The global random state is
-    left alone.
-    """
-
-    def __init__(self, length: int, side: int, classes, seed: int = 0, transform=None) -> None:
+    def __init__(self, length: int, side: int, classes, seed: int, transform=None) -> None:
         self.length, self.side, self.seed = length, side, seed
         self.classes = list(classes)
         self.transform = transform
+        self._blocks = {}
 
     def __len__(self) -> int:
         return self.length
@@ -250,25 +269,21 @@ class SyntheticImages(Dataset):
 
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} is out of range for {self.length} images")
-        generator = torch.Generator().manual_seed(2 * index + self.seed)
-        pixels = torch.randint(0, 256, (self.side, self.side, 3), dtype=torch.uint8, generator=generator)
-        image = Image.fromarray(pixels.numpy())  # (side, side, 3) uint8: RGB
+        block, offset = divmod(index, SYNTHETIC_BLOCK)
+        if block not in self._blocks:
+            self._blocks[block] = synthetic_block(block, self.side, len(self.classes), self.seed)
+        image = Image.fromarray(self._blocks[block][offset].numpy())  # (side, side, 3) uint8: RGB
         if self.transform is not None:
             image = self.transform(image)
         return image, index % len(self.classes)
 
 
 def synthetic_dataset(name: str, train: bool) -> SyntheticImages:
-    """The offline stand-in for the torchvision set ``name``: its length, image size and
-    classes, its transforms (augmentation included), and synthetic pixels."""
+    """The offline stand-in for the torchvision set ``name`` (``EFFCONV_OFFLINE=1``): its length,
+    image size, classes and transforms (augmentation included), with ``synthetic_block`` images."""
     train_len, test_len, side, classes = REAL_SHAPES[name]
-    return SyntheticImages(
-        train_len if train else test_len,
-        side,
-        classes,
-        seed=0 if train else 1,
-        transform=_transform(name, train),
-    )
+    length, seed = (train_len, 0) if train else (test_len, 1)
+    return SyntheticImages(length, side, classes, seed, transform=_transform(name, train))
 
 
 def get_dataset(

@@ -66,9 +66,28 @@ def test_offline_images_are_deterministic_and_balanced(no_network, name):
     classes = len(test.classes)
     labels = torch.tensor([int(test[i][1]) for i in range(3 * classes)])
     assert torch.bincount(labels, minlength=classes).tolist() == [3] * classes
-    # normalised with the real set's statistics: pixel values spread around zero
-    image = test[0][0]
-    assert -0.5 < image.mean().item() < 0.5 and 0.5 < image.std().item() < 2.0
+
+
+def test_offline_images_are_the_shapes_patterns(no_network):
+    """CIFAR-10's stand-in draws the ``shapes`` patterns (a network can learn them, so a chapter's
+    "it learns" checks hold offline); CIFAR-100's tints them with one of ten colours per ten
+    classes, so that its hundred classes can be told apart too."""
+    block = data.SYNTHETIC_BLOCK
+    images10 = data.synthetic_block(2, 32, 10, seed=1)  # images 2000.. of the test split
+    shapes, shape_labels = data.make_shapes(block, seed=1002)
+    pixels = (shapes * data.SHAPES_STD + data.SHAPES_MEAN).clamp(0, 1) * 255
+    assert images10.shape == (block, 32, 32, 3) and images10.dtype == torch.uint8
+    assert (images10.permute(0, 3, 1, 2).float() - pixels).abs().max() <= 0.5 + 1e-3
+    test = data.get_dataset("cifar10", train=False)
+    assert [test[2 * block + i][1] for i in range(20)] == shape_labels[:20].tolist()
+    images100 = data.synthetic_block(2, 32, 100, seed=1)
+    family = (2 * block + torch.arange(block)) // 10 % 10
+    expected = pixels * data.SYNTHETIC_TINTS[family].view(-1, 3, 1, 1)
+    assert (images100.permute(0, 3, 1, 2).float() - expected).abs().max() <= 0.5 + 1e-3
+    assert len(data.SYNTHETIC_TINTS.unique(dim=0)) == 10
+    assert data.synthetic_block(0, 96, 10, seed=0).shape == (block, 96, 96, 3)  # STL-10's
+    with pytest.raises(ValueError, match="num_classes must be 10 or 100"):
+        data.synthetic_block(0, 32, 7, seed=0)
 
 
 def test_offline_training_is_augmented_like_the_real_set(no_network):

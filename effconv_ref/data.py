@@ -201,10 +201,10 @@ def _transform(name: str, train: bool):
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+)
 STL10_CLASSES = (
     "airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck",
-)  # fmt: skip
+)
 CIFAR100_CLASSES = (
     "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
     "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle",
@@ -218,7 +218,7 @@ CIFAR100_CLASSES = (
     "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
     "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle",
     "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
-)  # fmt: skip
+)
 
 # name: (training length, test length, image side, class names) of the real datasets
 REAL_SHAPES = {

@@ -324,30 +324,31 @@ const article = document.querySelector('article.bd-article') || document.querySe
 const column = article.getBoundingClientRect();
 const wide = el => el.scrollWidth > el.clientWidth + 0.5 ||
   el.getBoundingClientRect().right > column.right + 0.5;
-const first = el => (el.textContent.trim().split('\\n')[0] || '').slice(0, 60);
+const widest = el => el.textContent.split('\\n')
+  .reduce((a, b) => (b.length > a.length ? b : a), '').trim().slice(0, 60);
 const px = el => `${el.scrollWidth} px in ${el.clientWidth} px`;
 const cells = [...article.querySelectorAll('div.cell')];
 const code = cells.filter(c => c.querySelector('.cell_input pre'));
 const outputs = cells.filter(c => c.querySelector('.cell_output > *'));
 const wideCode = code.map(c => c.querySelector('.cell_input pre'))
-  .filter(wide).map(pre => `${px(pre)}: ${first(pre)}`);
+  .filter(wide).map(pre => `${px(pre)}: ${widest(pre)}`);
 const wideOutputs = [];
 for (const cell of outputs) {
   const parts = [...cell.querySelectorAll('.cell_output > *, .cell_output pre, .cell_output table')];
   const over = parts.find(wide);
-  if (over) wideOutputs.push(`${px(over)}: ${first(over)}`);
+  if (over) wideOutputs.push(`${px(over)}: ${widest(over)}`);
 }
 const prose = [...article.querySelectorAll('pre')].filter(pre => !pre.closest('div.cell'));
-const wideProse = prose.filter(wide).map(pre => `${px(pre)}: ${first(pre)}`);
+const wideProse = prose.filter(wide).map(pre => `${px(pre)}: ${widest(pre)}`);
 const tables = [...article.querySelectorAll('table')].filter(t => !t.closest('div.cell'));
 const wideTables = tables.filter(t => wide(t) || (t.parentElement && wide(t.parentElement)))
-  .map(t => `${t.scrollWidth} px: ${first(t)}`);
+  .map(t => `${t.scrollWidth} px: ${widest(t)}`);
 const math = [...article.querySelectorAll('span.math, div.math')];
 return {
   mathErrors: [...document.querySelectorAll('mjx-merror')]
     .map(e => e.getAttribute('data-mjx-error') || e.textContent),
   mathCount: math.length,
-  untypeset: math.filter(m => !m.querySelector('mjx-container')).map(first),
+  untypeset: math.filter(m => !m.querySelector('mjx-container')).map(widest),
   brokenImages: [...document.images].filter(img => !(img.naturalWidth > 0))
     .map(img => img.getAttribute('src')),
   imageCount: document.images.length,

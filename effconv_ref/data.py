@@ -5,6 +5,9 @@ CPU without a network.
 ``get_dataset(name, train)`` returns one split; ``get_loaders(name)`` returns seeded
 training and test loaders and the number of classes. When a download fails,
 ``DownloadError`` says where torchvision downloads from and how to place the files by hand.
+With ``EFFCONV_OFFLINE=1`` nothing is downloaded: each torchvision set is replaced by the
+``shapes`` patterns drawn at its image size, with its classes and length, behind the same
+transforms (``synthetic_dataset``).
 """
 
 import http.client
@@ -17,6 +20,8 @@ from typing import Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from .runtime import offline
 
 DATASETS = ("cifar10", "cifar100", "stl10", "shapes")
 
@@ -190,6 +195,97 @@ def _transform(name: str, train: bool):
     return transforms.Compose(steps)
 
 
+# --------------------------------------------------------------------------------------
+# offline: synthetic images in place of a download (EFFCONV_OFFLINE=1)
+# --------------------------------------------------------------------------------------
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+STL10_CLASSES = (
+    "airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck",
+)
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
+    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle",
+    "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch",
+    "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox",
+    "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
+    "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom",
+    "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
+    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake",
+    "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
+    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle",
+    "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+)
+
+# name: (training length, test length, image side, class names) of the real datasets
+REAL_SHAPES = {
+    "cifar10": (50_000, 10_000, 32, CIFAR10_CLASSES),
+    "cifar100": (50_000, 10_000, 32, CIFAR100_CLASSES),
+    "stl10": (5_000, 8_000, 96, STL10_CLASSES),
+}
+SYNTHETIC_BLOCK = 100  # images made per call of make_shapes (a multiple of 100 classes)
+SYNTHETIC_TINTS = 0.4 + 0.6 * torch.rand(10, 3, generator=torch.Generator().manual_seed(12345))
+
+
+def synthetic_block(block: int, side: int, num_classes: int, seed: int) -> torch.Tensor:
+    """Images ``block * SYNTHETIC_BLOCK`` to ``(block + 1) * SYNTHETIC_BLOCK - 1`` of a synthetic
+    set, as uint8 ``(SYNTHETIC_BLOCK, side, side, 3)``: the ``shapes`` patterns drawn at
+    ``side x side`` (seed ``1000 * seed + block``), so that a network learns them as it learns
+    the real set. Image ``i`` has class ``i % num_classes``: pattern ``i % 10`` and, for 100
+    classes, one of ten fixed colour tints, ``SYNTHETIC_TINTS[(i // 10) % 10]``.
+    """
+    if num_classes not in (10, 100):
+        raise ValueError(f"num_classes must be 10 or 100, got {num_classes}")
+    if not 0 <= seed < 1000:
+        raise ValueError(f"seed must be in [0, 1000), got {seed}")
+    normalised, _ = make_shapes(SYNTHETIC_BLOCK, seed=1000 * seed + block, size=side)
+    pixels = normalised.mul_(SHAPES_STD).add_(SHAPES_MEAN).clamp_(0.0, 1.0)
+    if num_classes == 100:
+        family = torch.arange(SYNTHETIC_BLOCK) // 10 % 10
+        pixels.mul_(SYNTHETIC_TINTS[family].view(-1, 3, 1, 1))
+    return pixels.mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+class SyntheticImages(Dataset):
+    """``length`` synthetic images of ``side x side`` pixels (``synthetic_block``), made a block at
+    a time when first read and returned as PIL images (as torchvision's sets return them)
+    through ``transform``, with labels ``i % len(classes)`` and ``classes``. Deterministic;
+    seeds 0 and 1 (training and test) share no image."""
+
+    def __init__(self, length: int, side: int, classes, seed: int, transform=None) -> None:
+        self.length, self.side, self.seed = length, side, seed
+        self.classes = list(classes)
+        self.transform = transform
+        self._blocks = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} is out of range for {self.length} images")
+        block, offset = divmod(index, SYNTHETIC_BLOCK)
+        if block not in self._blocks:
+            self._blocks[block] = synthetic_block(block, self.side, len(self.classes), self.seed)
+        image = Image.fromarray(self._blocks[block][offset].numpy())  # (side, side, 3) uint8: RGB
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, index % len(self.classes)
+
+
+def synthetic_dataset(name: str, train: bool) -> SyntheticImages:
+    """The offline stand-in for the torchvision set ``name`` (``EFFCONV_OFFLINE=1``): its length,
+    image size, classes and transforms (augmentation included), with ``synthetic_block`` images."""
+    train_len, test_len, side, classes = REAL_SHAPES[name]
+    length, seed = (train_len, 0) if train else (test_len, 1)
+    return SyntheticImages(length, side, classes, seed, transform=_transform(name, train))
+
+
 def get_dataset(
     name: str,
     train: bool = True,
@@ -204,6 +300,7 @@ def get_dataset(
     horizontal flip. ``size`` keeps only the first ``size`` samples (a ``Subset``), for
     smoke runs. Every returned dataset has a ``classes`` list. A failed download raises
     ``DownloadError`` with the URL, the folder and the command to place the files by hand.
+    With ``EFFCONV_OFFLINE=1`` a torchvision set is ``synthetic_dataset(name, train)``.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -215,6 +312,9 @@ def get_dataset(
         n = full if size is None else min(size, full)
         # the first n images of a split do not depend on how many are generated
         return ShapesDataset(n, seed=SHAPES_TRAIN_SEED if train else SHAPES_TEST_SEED)
+
+    if offline():
+        return _first(synthetic_dataset(name, train), size)
 
     source = _torchvision_class(name)
     folder = data_root(root)
@@ -232,11 +332,16 @@ def get_dataset(
         ) from error
     if not hasattr(dataset, "classes"):
         dataset.classes = [str(i) for i in range(NUM_CLASSES[name])]
-    if size is not None and size < len(dataset):
-        subset = Subset(dataset, range(size))
-        subset.classes = dataset.classes
-        return subset
-    return dataset
+    return _first(dataset, size)
+
+
+def _first(dataset: Dataset, size: Optional[int]) -> Dataset:
+    """The first ``size`` samples of ``dataset`` (all of them for ``None``), with its ``classes``."""
+    if size is None or size >= len(dataset):
+        return dataset
+    subset = Subset(dataset, range(size))
+    subset.classes = dataset.classes
+    return subset
 
 
 def _short(reason) -> str:

@@ -2,6 +2,9 @@
 
 ``EFFCONV_SCALE`` is ``smoke`` (CPU, seconds), ``tutorial`` (a GPU, minutes) or ``paper``
 (the paper's recipe, hours). Unset, it is ``tutorial`` when a GPU is present, else ``smoke``.
+
+``EFFCONV_OFFLINE=1`` replaces every downloaded dataset by synthetic images of the same shape,
+classes and length (``effconv_ref.data``), so that a chapter runs at any scale without a network.
 """
 
 import os
@@ -23,6 +26,23 @@ def scale() -> str:
             f"EFFCONV_SCALE={value!r} is not a scale; choose one of {', '.join(SCALES)}"
         )
     return value
+
+
+OFFLINE_TRUE = ("1", "true", "yes", "on")
+OFFLINE_FALSE = ("", "0", "false", "no", "off")
+
+
+def offline() -> bool:
+    """Whether ``EFFCONV_OFFLINE`` asks for synthetic data instead of downloads (unset: no)."""
+    value = os.environ.get("EFFCONV_OFFLINE", "").strip().lower()
+    if value in OFFLINE_TRUE:
+        return True
+    if value in OFFLINE_FALSE:
+        return False
+    raise ValueError(
+        f"EFFCONV_OFFLINE={value!r} is not a switch; set it to 1 (synthetic data, no downloads) "
+        "or 0 (download the real datasets)"
+    )
 
 
 def device() -> torch.device:

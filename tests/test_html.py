@@ -24,8 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Characters of monospace that fit the column at 1280 px (the text area of a `pre`).
 CODE_COLUMN = 75  # a code cell's source: 640 px
-HIDDEN_CODE_COLUMN = 73  # a `hide-input` cell's source, once its toggle is opened: 622 px
+HIDDEN_CODE_COLUMN = 73  # a `hide-input` or `hide-cell` cell's source, once opened: 622 px
 OUTPUT_COLUMN = 76  # a stored text output (stream, text/plain): 644 px
+HIDDEN_OUTPUT_COLUMN = 73  # the output of a `hide-cell` or `hide-output` cell, once opened
+HIDES_INPUT = {"hide-input", "hide-cell"}
+HIDES_OUTPUT = {"hide-output", "hide-cell"}
 FENCE_COLUMN = 76  # a code block in the prose (```bash ...): 642 px
 
 # What myst-nb renders of a cell's output, first match wins (its HTML priority list).
@@ -136,13 +139,13 @@ def test_code_cells_fit_the_column(name):
         tags = cell["metadata"].get("tags", [])
         if "remove-input" in tags or "remove-cell" in tags or not text(cell["source"]):
             continue
-        limit = HIDDEN_CODE_COLUMN if "hide-input" in tags else CODE_COLUMN
+        limit = HIDDEN_CODE_COLUMN if HIDES_INPUT & set(tags) else CODE_COLUMN
         width, line = widest_line(cell["source"])
         if width > limit:
             wide.append(f"  code cell {number}: {too_wide(width, line, limit)}")
     assert not wide, (
         f"{name}: {len(wide)} of {len(code)} code cells have a line wider than the column at "
-        f"1280 px ({CODE_COLUMN} characters, {HIDDEN_CODE_COLUMN} in a hide-input cell):\n"
+        f"1280 px ({CODE_COLUMN} characters, {HIDDEN_CODE_COLUMN} in a hidden cell):\n"
         + "\n".join(wide)
     )
 
@@ -159,11 +162,13 @@ def test_text_outputs_fit_the_column(name):
         if not shown:
             continue
         width, line = max(widest_line(t) for t in shown)
-        if width > OUTPUT_COLUMN:
-            wide.append(f"  output of cell {number}: {too_wide(width, line, OUTPUT_COLUMN)}")
+        limit = HIDDEN_OUTPUT_COLUMN if HIDES_OUTPUT & set(tags) else OUTPUT_COLUMN
+        if width > limit:
+            wide.append(f"  output of cell {number}: {too_wide(width, line, limit)}")
     assert not wide, (
         f"{name}: {len(wide)} of {len(with_output)} cells with outputs print a line wider than "
-        f"the column at 1280 px ({OUTPUT_COLUMN} characters):\n" + "\n".join(wide)
+        f"the column at 1280 px ({OUTPUT_COLUMN} characters, {HIDDEN_OUTPUT_COLUMN} in a hidden cell):\n"
+        + "\n".join(wide)
     )
 
 

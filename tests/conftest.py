@@ -16,3 +16,13 @@ def nvcc():
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI must compile the CUDA kernels, but: {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory):
+    """The HTML of the book, built once for every test that reads it. Read it, do not
+    change it: a test that rewrites pages works on a copy."""
+    pytest.importorskip("yaml")  # PyYAML: the book build needs it
+    from book_pages import build_book
+
+    return build_book(tmp_path_factory.mktemp("book"))

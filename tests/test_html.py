@@ -11,8 +11,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import pytest
 
 yaml = pytest.importorskip("yaml")  # PyYAML: the book build needs it
 
-ROOT = Path(__file__).resolve().parent.parent
+from book_pages import ROOT, toc_files  # noqa: E402  (needs yaml)
 
 # Characters of monospace that fit the column at 1280 px (the text area of a `pre`).
 CODE_COLUMN = 75  # a code cell's source: 640 px
@@ -50,14 +48,6 @@ INSTALL_BROWSER = (
     "Ubuntu: Google Chrome and chromedriver) and the Python packages in requirements.txt "
     "(selenium, django-static-mathjax)"
 )
-
-
-def toc_files():
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]]
-    for part in toc.get("parts", []):
-        files += [c["file"] for c in part["chapters"]]
-    return files
 
 
 def chapters():
@@ -225,7 +215,7 @@ def find_browser():
 
 
 @pytest.fixture(scope="module")
-def html(tmp_path_factory):
+def html(built_book, tmp_path_factory):
     """The book built once for this module, with MathJax served from the installed copy
     (the pages load it from a CDN, which a test machine may not reach)."""
     try:
@@ -233,15 +223,8 @@ def html(tmp_path_factory):
     except ImportError:
         pytest.skip(f"MathJax 3 is not installed: {INSTALL_BROWSER}")
     es5 = Path(mathjax.__file__).parent / "static" / "mathjax" / "es5"
-    out = tmp_path_factory.mktemp("book")
-    jupyter_book = Path(sys.executable).with_name("jupyter-book")
-    result = subprocess.run(
-        [str(jupyter_book), "build", str(ROOT), "--path-output", str(out), "--warningiserror"],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    root = out / "_build" / "html"
+    root = tmp_path_factory.mktemp("html") / "html"
+    shutil.copytree(built_book, root)  # the pages are rewritten: a copy of the built book
     for page in root.rglob("*.html"):
         source = page.read_text()
         local = MATHJAX_CDN.sub(lambda m: (es5 / m.group(1)).as_uri(), source)

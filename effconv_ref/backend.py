@@ -1,9 +1,23 @@
-"""Choosing between an operator's two paths: ``reference`` (plain PyTorch) and ``cuda`` (a kernel).
+"""Choosing an operator's path: ``reference`` (plain PyTorch), ``cuda`` (a CUDA C++ kernel from
+``kernels/*.cu``) or ``triton`` (a Triton kernel on tensor cores, ``kernels/*_triton.py``).
 
-``"auto"`` takes the kernel when the input is on a GPU and the kernel can be compiled, and
-the reference otherwise; ``"cuda"`` insists, and says clearly why it cannot. Operators check
-``backend=`` when they are built (:func:`check_backend`) and resolve it per input
-(:func:`resolve_backend`), before any work.
+Each operator has the paths it has (``choices``): the spectral steps ``reference`` and ``cuda``;
+:class:`~effconv_ref.lean.LeanConv2d` all three; the depth-wise and SIC convolutions
+``reference`` and ``triton``. ``"cuda"`` or ``"triton"`` insists, and says clearly why it
+cannot run. Operators check ``backend=`` when they are built (:func:`check_backend`) and
+resolve it per input (:func:`resolve_backend`), before any work.
+
+The rule of ``"auto"`` (:func:`resolve_backend`), per input:
+
+1. an input that is not on a CUDA GPU takes ``reference``;
+2. on a GPU of compute capability 8.0 or newer (A100, H100, …), an operator with a ``triton``
+   path takes it when Triton is installed: its ``tl.dot`` runs on tensor cores there;
+3. otherwise (a T4, sm_75, where Triton 3.8 compiles ``tl.dot`` to FMAs, or no Triton) an
+   operator with a ``cuda`` path takes it when the kernel can be compiled;
+4. else ``reference`` (cuDNN through PyTorch on a GPU).
+
+The first GPU run of ``make gpu`` times every path beside ``auto`` and reports whether this rule
+picked the fastest.
 
 The two paths compute the same function, so ``"auto"`` changes the speed, not the answer, with
 one exception: a non-finite input to :class:`~effconv_ref.lean.LeanConv2d`, where the
@@ -15,24 +29,43 @@ spectra, so a non-finite input gives the same ``nan`` on either.
 import torch
 
 from effconv_ref.kernels import KernelUnavailable, why_cannot_compile
+from effconv_ref.kernels.triton_build import why_triton_cannot_run
 
 BACKENDS = ("auto", "reference", "cuda")
+TENSOR_CORE_CAPABILITY = (8, 0)  # the oldest GPU on which Triton's tl.dot uses tensor cores
 
 
-def check_backend(backend: str) -> str:
-    """Validate a ``backend=`` argument and return it."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not a backend; choose one of {', '.join(BACKENDS)}")
+def check_backend(backend: str, choices: tuple = BACKENDS) -> str:
+    """Validate a ``backend=`` argument against the operator's ``choices`` and return it."""
+    if backend not in choices:
+        raise ValueError(f"backend={backend!r} is not a backend; choose one of {', '.join(choices)}")
     return backend
 
 
-def resolve_backend(backend: str, x: torch.Tensor) -> str:
-    """The path that will run for input ``x``: ``"reference"`` or ``"cuda"``."""
-    check_backend(backend)
+def _auto(x: torch.Tensor, choices: tuple) -> str:
+    """The rule of ``"auto"`` written in this module's docstring."""
+    if not x.is_cuda:
+        return "reference"
+    if ("triton" in choices and why_triton_cannot_run(x) is None
+            and torch.cuda.get_device_capability(x.device) >= TENSOR_CORE_CAPABILITY):
+        return "triton"
+    if "cuda" in choices and why_cannot_compile() is None:
+        return "cuda"
+    return "reference"
+
+
+def resolve_backend(backend: str, x: torch.Tensor, choices: tuple = BACKENDS) -> str:
+    """The path that will run for input ``x``: ``"reference"``, ``"cuda"`` or ``"triton"``."""
+    check_backend(backend, choices)
     if backend == "reference":
         return "reference"
     if backend == "auto":
-        return "cuda" if x.is_cuda and why_cannot_compile() is None else "reference"
+        return _auto(x, choices)
+    if backend == "triton":
+        reason = why_triton_cannot_run(x)
+        if reason is not None:
+            raise ValueError(f"backend='triton' cannot run: {reason}; use backend='auto' or 'reference'")
+        return "triton"
     if not torch.cuda.is_available():
         raise ValueError(
             "backend='cuda' needs a CUDA GPU, but torch.cuda.is_available() is False; "

@@ -52,6 +52,26 @@ def under_autocast(x: torch.Tensor) -> bool:
     return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
 
 
+def autocast_operands(x: torch.Tensor, *tensors):
+    """``x`` and ``tensors`` (``None`` kept as it is) cast to autocast's dtype when autocast is on
+    for ``x``'s device, as autocast does for ``nn.Conv2d``; unchanged otherwise. For the kernels,
+    which take one dtype."""
+    if not under_autocast(x):
+        return (x, *tensors)
+    dtype = torch.get_autocast_dtype(x.device.type)
+    return tuple(None if t is None else t.to(dtype) for t in (x, *tensors))
+
+
+def check_one_dtype(x: torch.Tensor, *tensors) -> None:
+    """A kernel's input and parameters (``None`` skipped) must share one dtype."""
+    params = [t for t in tensors if t is not None]
+    if any(p.dtype != x.dtype for p in params):
+        raise TypeError(
+            f"the input ({x.dtype}) and the parameters ({', '.join(str(p.dtype) for p in params)}) "
+            "must have one dtype"
+        )
+
+
 def check_dtype(x: torch.Tensor, *parameters: torch.Tensor, name: str = "input") -> None:
     """Outside ``torch.autocast`` the input and the parameters must have one dtype.
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from effconv_ref.backend import check_backend
 from effconv_ref.checks import check_input, refuse_torchscript
-from effconv_ref.ops.lean_conv import check_stride, lean_conv2d, lean_dense_weight
+from effconv_ref.ops.lean_conv import BACKENDS, check_stride, lean_conv2d, lean_dense_weight
 
 __all__ = ["LeanConv2d"]
 
@@ -46,9 +46,11 @@ class LeanConv2d(nn.Module):
 
     ``stride`` is 1 or 2; the output is ``(B, out, ⌈H/s⌉, ⌈W/s⌉)``. ``backend``:
     ``"reference"`` (plain PyTorch), ``"cuda"`` (the fused kernel ``kernels/lean.cu``: a GPU and
-    a float32, float16 or bfloat16 input) or ``"auto"`` (the kernel for a CUDA input when it can
-    be compiled and the dtype is supported, the reference otherwise). See :func:`lean_conv2d`
-    for dtypes, autocast, empty batches and non-finite input. TorchScript is not supported (use
+    a float32, float16 or bfloat16 input), ``"triton"`` (the fused tensor-core kernel
+    ``kernels/lean_triton.py``, same dtypes) or ``"auto"`` (the rule in
+    :mod:`effconv_ref.backend`: Triton on an sm_80+ GPU, the CUDA kernel on an older one, the
+    reference on the CPU). See :func:`lean_conv2d` for dtypes, autocast, empty batches and
+    non-finite input. TorchScript is not supported (use
     ``torch.compile`` or ``torch.jit.trace``).
     """
 
@@ -61,7 +63,7 @@ class LeanConv2d(nn.Module):
         self.out_channels = _check_channel_count(out_channels, "out_channels")
         self.kernel_size, self.padding = 3, 1
         self.stride = check_stride(stride)
-        self.backend = check_backend(backend)
+        self.backend = check_backend(backend, BACKENDS)
         factory = dict(device=device, dtype=dtype)
         self.pointwise = nn.Parameter(torch.empty(out_channels, in_channels, 1, 1, **factory))
         self.stencil = nn.Parameter(torch.empty(min(in_channels, out_channels), 4, **factory))

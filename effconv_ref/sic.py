@@ -38,7 +38,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effconv_ref.checks import check_channels, check_dtype, check_input, check_kernel_size, refuse_torchscript
+from effconv_ref.backend import check_backend, resolve_backend
+from effconv_ref.checks import (
+    autocast_operands,
+    check_channels,
+    check_dtype,
+    check_input,
+    check_kernel_size,
+    check_one_dtype,
+    refuse_torchscript,
+)
+from effconv_ref.ops.intra_pointwise import intra_pointwise_triton
+from effconv_ref.ops.lean_conv import CUDA_DTYPES
 
 __all__ = [
     "SICConv2d",
@@ -52,6 +63,20 @@ __all__ = [
 ]
 
 TPS_BACKENDS = ("auto", "reference", "gather")
+BACKENDS = ("auto", "reference", "triton")  # of the unravelled and SIC layers
+
+
+def _fused(backend: str, x: torch.Tensor, intra: nn.Conv2d, proj: nn.Conv2d, residual: bool):
+    """Eqs. (4)–(5) (+ the residual) by the fused Triton kernel when ``backend`` resolves to it
+    for ``x``, else ``None`` (the caller runs its two ``nn.Conv2d``)."""
+    if backend == "triton" and x.dtype not in CUDA_DTYPES:
+        raise TypeError(f"backend='triton' supports float32, float16 and bfloat16 inputs; got {x.dtype} "
+                        "(use backend='reference' or 'auto' for other dtypes)")
+    if resolve_backend(backend, x, BACKENDS) != "triton" or x.dtype not in CUDA_DTYPES:
+        return None
+    x, basis, projection, bias = autocast_operands(x, intra.weight, proj.weight, proj.bias)
+    check_one_dtype(x, basis, projection, bias)
+    return intra_pointwise_triton(x, basis, projection, bias, residual)
 
 
 # ----------------------------------------------------------------------------- costs
@@ -126,29 +151,35 @@ class UnravelledConv2d(nn.Module):
       ``proj.weight[j, i·b + t, 0, 0]``.
 
     Cost: eq. (6), :func:`unravelled_macs`. Parameters ``b c k² + b c n`` (``+ n`` with a bias).
+    ``backend``: ``"reference"`` runs the two convolutions; ``"triton"`` one fused kernel that
+    computes eq. (4) as the prologue of eq. (5)'s GEMM (:mod:`effconv_ref.ops.intra_pointwise`;
+    float32, float16, bfloat16); ``"auto"`` as :mod:`effconv_ref.backend` says.
     """
 
     __prepare_scriptable__ = refuse_torchscript
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bases: int,
-                 bias: bool = False, device=None, dtype=None):
+                 bias: bool = False, backend: str = "auto", device=None, dtype=None):
         super().__init__()
         self.in_channels = _positive_int(in_channels, "in_channels")
         self.out_channels = _positive_int(out_channels, "out_channels")
         self.kernel_size = check_kernel_size(kernel_size)
         self.bases = _positive_int(bases, "bases")
+        self.backend = check_backend(backend, BACKENDS)
         factory = dict(device=device, dtype=dtype)
         c, b, k = in_channels, bases, kernel_size
         self.intra = nn.Conv2d(c, c * b, k, padding=k // 2, groups=c, bias=False, **factory)
         self.proj = nn.Conv2d(c * b, out_channels, 1, bias=bias, **factory)
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, bases={self.bases}"
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, bases={self.bases}"
+        return text + (f", backend={self.backend!r}" if self.backend != "auto" else "")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, argument="in_channels")
         check_dtype(x, self.intra.weight)
-        return self.proj(self.intra(x))  # eq. (5) of eq. (4)
+        fused = _fused(self.backend, x, self.intra, self.proj, residual=False)
+        return fused if fused is not None else self.proj(self.intra(x))  # eq. (5) of eq. (4)
 
     def dense_weight(self) -> torch.Tensor:
         """Eq. (3): ``K(u, v, i, j) = Σ_t B(u, v, t, i) P(t, i, j)``, as ``(n, c, k, k)``."""
@@ -288,19 +319,25 @@ class SICConv2d(nn.Module):
 
     ``n = out_channels`` (default ``channels``). Cost: eq. (7), :func:`sic_macs` (with TpS the
     projection's share times its density). :meth:`dense_weight` includes the residual as an
-    identity at the centre tap.
+    identity at the centre tap. ``backend``: ``"reference"`` (two ``nn.Conv2d`` and an add),
+    ``"triton"`` (one fused kernel: the intra-channel convolution as the prologue of the 1x1
+    GEMM, the residual as its epilogue; not with a TpS projection) or ``"auto"``.
     """
 
     __prepare_scriptable__ = refuse_torchscript
 
     def __init__(self, channels: int, kernel_size: int, out_channels: int | None = None,
                  residual: bool = True, bias: bool = False, grid: Sequence[int] | None = None,
-                 neighborhood: Sequence[int] | None = None, device=None, dtype=None):
+                 neighborhood: Sequence[int] | None = None, backend: str = "auto", device=None, dtype=None):
         super().__init__()
         self.channels = self.in_channels = check_channels(channels)
         self.out_channels = channels if out_channels is None else _positive_int(out_channels, "out_channels")
         self.kernel_size = k = check_kernel_size(kernel_size)
         self.residual = bool(residual) and self.out_channels == channels
+        self.backend = check_backend(backend, BACKENDS)
+        if backend == "triton" and grid is not None:
+            raise ValueError("backend='triton' fuses a 1x1 projection; a TpS projection (grid=, "
+                             "neighborhood=) runs on backend='auto' or 'reference'")
         factory = dict(device=device, dtype=dtype)
         self.intra = nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels, bias=False, **factory)
         if (grid is None) != (neighborhood is None):
@@ -319,11 +356,16 @@ class SICConv2d(nn.Module):
         text = f"{self.channels}, kernel_size={self.kernel_size}"
         if self.out_channels != self.channels:
             text += f", out_channels={self.out_channels}"
-        return text + f", residual={self.residual}"
+        text += f", residual={self.residual}"
+        return text + (f", backend={self.backend!r}" if self.backend != "auto" else "")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.channels)
         check_dtype(x, self.intra.weight)
+        if isinstance(self.proj, nn.Conv2d):
+            fused = _fused(self.backend, x, self.intra, self.proj, self.residual)
+            if fused is not None:
+                return fused
         y = self.proj(self.intra(x))
         return y + x if self.residual else y
 

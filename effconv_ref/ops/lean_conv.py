@@ -21,7 +21,12 @@ Two paths compute it:
   (zero centre and corners). Plain PyTorch; autograd does the backward.
 - ``kernels/lean.cu``: one fused kernel that reads each input value once and produces both
   terms (float32, float16, bfloat16; float accumulation), with a fused backward for the input
-  and a reduction kernel for the stencil, wrapped in :class:`LeanConv`.
+  and a reduction kernel for the stencil, wrapped in :class:`LeanConv`. FP32 FMAs on the CUDA
+  cores: the kernel chapter 3 reads.
+- ``kernels/lean_triton.py``: the same fusion in Triton with the 1x1 part as a ``tl.dot`` GEMM on
+  tensor cores and the taps as its epilogue, registered as the operator ``effconv::lean_conv2d``
+  (:func:`lean_conv2d_triton`, traced by ``torch.compile``). Its backward for ``x`` is the same
+  kernel (:func:`lean_grad_input_triton`); the weight gradients are a GEMM and four reductions.
 
 :class:`LeanConv` writes its backward out by formula (see its docstring). With
 ``use_cuda=False`` it runs those formulas in PyTorch, so ``gradcheck`` on the CPU checks the
@@ -34,21 +39,26 @@ import torch
 import torch.nn.functional as F
 
 from effconv_ref.backend import resolve_backend
-from effconv_ref.checks import check_dtype, check_input, under_autocast
+from effconv_ref.checks import autocast_operands, check_dtype, check_input, check_one_dtype
 from effconv_ref.kernels import load_cuda
+from effconv_ref.kernels.triton_build import load_triton
 
 __all__ = [
+    "BACKENDS",
     "CUDA_DTYPES",
     "STRIDES",
     "TAPS",
     "LeanConv",
     "lean_conv2d",
     "lean_conv2d_reference",
+    "lean_conv2d_triton",
+    "lean_grad_input_triton",
     "lean_dense_weight",
     "stencil_kernels",
 ]
 
 STRIDES = (1, 2)
+BACKENDS = ("auto", "reference", "cuda", "triton")
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # the four off-centre taps of eq. (4) as (row, column) offsets: c1 up, c2 left, c3 right, c4 down
 TAPS = ((-1, 0), (0, -1), (0, 1), (1, 0))
@@ -188,6 +198,50 @@ class LeanConv(torch.autograd.Function):
         return grad_x, grad_pointwise, grad_stencil, grad_bias, None, None
 
 
+# ---- the Triton path: a torch.library operator with its backward ------------------------------
+
+@torch.library.triton_op("effconv::lean_conv2d", mutates_args=())
+def lean_conv2d_triton(x: torch.Tensor, pointwise: torch.Tensor, stencil: torch.Tensor,
+                       bias: torch.Tensor | None, stride: int) -> torch.Tensor:
+    """Eqs. (3)–(4) by the Triton kernel: one GEMM on tensor cores with the taps as its epilogue.
+    ``x`` and the parameters share one dtype (float32, float16, bfloat16); any memory layout."""
+    cout, cin = pointwise.shape[:2]
+    return load_triton("lean_triton").lean_forward(
+        x, pointwise.reshape(cout, cin).contiguous(), stencil.contiguous(),
+        None if bias is None else bias.contiguous(), stride)
+
+
+def lean_grad_input_triton(g: torch.Tensor, pointwise: torch.Tensor, stencil: torch.Tensor, stride: int,
+                           height: int, width: int) -> torch.Tensor:
+    """∂L/∂x by the forward kernel: the adjoint of eq. (4) is a lean convolution with ``αᵀ`` and the
+    mirrored taps (down, right, left, up), stride 1, applied to ``g`` placed back on the input's
+    grid (``g[p, q]`` at ``(ps, qs)``, zeros between for stride 2)."""
+    if stride == 2:
+        on_grid = g.new_zeros(g.shape[0], g.shape[1], height, width)
+        on_grid[:, :, ::2, ::2] = g
+        g = on_grid
+    return lean_conv2d_triton(g, pointwise.transpose(0, 1).contiguous(), stencil.flip(1), None, 1)
+
+
+def _setup_lean_triton(ctx, inputs, output):
+    x, pointwise, stencil, bias, stride = inputs
+    ctx.stride, ctx.has_bias = stride, bias is not None
+    ctx.save_for_backward(x, pointwise, stencil)
+
+
+def _backward_lean_triton(ctx, grad_y):
+    x, pointwise, stencil = ctx.saved_tensors
+    stride, m = ctx.stride, stencil.shape[0]
+    grad_x = lean_grad_input_triton(grad_y, pointwise, stencil, stride, x.shape[2], x.shape[3])
+    grad_pointwise = _grad_pointwise(grad_y, x, stride)
+    grad_stencil = _grad_stencil(grad_y, x, m, stride)
+    grad_bias = grad_y.sum((0, 2, 3)) if ctx.has_bias else None
+    return grad_x, grad_pointwise, grad_stencil, grad_bias, None
+
+
+lean_conv2d_triton.register_autograd(_backward_lean_triton, setup_context=_setup_lean_triton)
+
+
 # ---- checks and the public function ------------------------------------------------------------
 
 def check_stride(stride) -> int:
@@ -218,8 +272,11 @@ def lean_conv2d(x: torch.Tensor, pointwise: torch.Tensor, stencil: torch.Tensor,
     """The lean convolution (eqs. 3–4) of ``x`` ``(B, in, H, W)``: ``(B, out, ⌈H/s⌉, ⌈W/s⌉)``.
 
     Equals ``F.conv2d(x, lean_dense_weight(pointwise, stencil), bias, stride, padding=1)``.
-    ``backend``: ``"reference"`` (plain PyTorch), ``"cuda"`` (the fused kernel: a GPU and a
-    float32/float16/bfloat16 input), or ``"auto"`` (the kernel when it can run, else the reference).
+    ``backend``: ``"reference"`` (plain PyTorch), ``"cuda"`` (the fused CUDA kernel: a GPU and a
+    float32/float16/bfloat16 input), ``"triton"`` (the tensor-core kernel: a GPU, or the CPU under
+    ``TRITON_INTERPRET=1``; the same dtypes; float32 in TF32 when
+    ``torch.backends.cudnn.allow_tf32``, as a float32 ``nn.Conv2d`` would), or ``"auto"`` (the rule
+    in :mod:`effconv_ref.backend`).
 
     dtypes: outside ``torch.autocast`` ``x`` and the parameters share one dtype. Under autocast
     both paths compute in autocast's dtype (the reference through ``F.conv2d``, the kernel on
@@ -235,24 +292,18 @@ def lean_conv2d(x: torch.Tensor, pointwise: torch.Tensor, stencil: torch.Tensor,
     check_input(x, pointwise.shape[1], argument="in_channels")
     check_stride(stride)
     check_dtype(x, *[p for p in (pointwise, stencil, bias) if p is not None])
-    if backend == "cuda" and x.dtype not in CUDA_DTYPES:
+    if backend in ("cuda", "triton") and x.dtype not in CUDA_DTYPES:
         raise TypeError(
-            f"backend='cuda' supports float32, float16 and bfloat16 inputs; got {x.dtype} "
+            f"backend={backend!r} supports float32, float16 and bfloat16 inputs; got {x.dtype} "
             "(use backend='reference' or 'auto' for other dtypes)"
         )
-    path = resolve_backend(backend, x)
-    if path == "cuda" and x.dtype not in CUDA_DTYPES:
-        path = "reference"  # "auto": the kernel does not take this dtype
+    path = resolve_backend(backend, x, BACKENDS)
+    if path != "reference" and x.dtype not in CUDA_DTYPES:
+        path = "reference"  # "auto": the kernels do not take this dtype
     if path == "reference":
         return lean_conv2d_reference(x, pointwise, stencil, bias, stride)
-    if under_autocast(x):  # as autocast does for nn.Conv2d
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, pointwise, stencil = x.to(dtype), pointwise.to(dtype), stencil.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
-    params = [pointwise, stencil] + ([] if bias is None else [bias])
-    if any(p.dtype != x.dtype for p in params):
-        raise TypeError(
-            f"the input ({x.dtype}) and the parameters ({', '.join(str(p.dtype) for p in params)}) "
-            "must have one dtype"
-        )
+    x, pointwise, stencil, bias = autocast_operands(x, pointwise, stencil, bias)
+    check_one_dtype(x, pointwise, stencil, bias)
+    if path == "triton":
+        return lean_conv2d_triton(x, pointwise, stencil, bias, stride)
     return LeanConv.apply(x.contiguous(), pointwise, stencil, bias, stride, True)

@@ -7,21 +7,30 @@ Every record carries the time, the roofline floor beside it (flops counted by
 the time of the fully coupled ``nn.Conv2d`` (cuDNN on a GPU) run in the same process on the
 same inputs.
 
+Beside the papers' figures: ``train-steps`` times one training step of every registered
+network against the ResNet of its family (:func:`train_steps`), and ``triton-ops`` the lean,
+depth-wise and SIC layers on each of their paths against cuDNN's 1x1 and 3x3 convolutions
+(:func:`triton_ops`). Every sweep has the presets ``gpu``, ``gpu-quick`` (the gpu preset
+without its largest sizes) and ``cpu`` (:data:`SWEEP_PRESETS`); ``python -m
+effconv_ref.gpu_check`` runs them all on a GPU.
+
 The command checks its arguments before any work: ``--out`` must be a file it can write
-(probed by creating its folder and a temporary file there), and the ``gpu`` preset on a
-machine without a GPU is refused unless ``--force`` is given. Every sweep shows a progress
+(probed by creating its folder and a temporary file there), and the ``gpu`` presets on a
+machine without a GPU are refused unless ``--force`` is given. Every sweep shows a progress
 bar (``--no-progress`` hides it).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from effconv_ref.bench import benchmark, device_name, math_mode_of, measure_peaks, time_fn, write_results
 from effconv_ref.runtime import progress_bar
@@ -43,6 +52,10 @@ PRESETS = {
                 sweeps={"image_size": [16, 32, 64], "kernel_size": [3, 5, 7, 9],
                         "channels": [16, 32, 64, 128, 256]}),
 }
+# ``gpu-quick`` (every sweep has one): the gpu preset without its largest sizes, for a GPU
+# lent for a few minutes (``python -m effconv_ref.gpu_check --quick``)
+PRESETS["gpu-quick"] = dict(PRESETS["gpu"], sweeps={"image_size": [16, 32, 64, 128], "kernel_size": [3, 5, 7, 9],
+                                                    "channels": [64, 128, 256, 512]})
 
 FIGURE1_OPERATORS = {
     "circulant fft": lambda c, k: CirculantConv2d(c, k),
@@ -114,6 +127,7 @@ LEAN_LAYERS = {
     "gpu": dict(batch=64, layers=[(16, 512), (32, 256), (64, 128), (128, 64), (256, 32), (512, 16)]),
     "cpu": dict(batch=2, layers=[(16, 128), (32, 64), (64, 32), (128, 16), (256, 8), (512, 4)]),
 }
+LEAN_LAYERS["gpu-quick"] = dict(LEAN_LAYERS["gpu"], layers=LEAN_LAYERS["gpu"]["layers"][1:])  # not 16 ch at 512²
 
 
 class _Sequence(torch.nn.Sequential):
@@ -217,6 +231,7 @@ ACDC_CROSSOVER = {
     "cpu": dict(batch=2, image_size=16, depth=12, dtypes=("float32",),
                 channels=[16, 64, 256]),
 }
+ACDC_CROSSOVER["gpu-quick"] = dict(ACDC_CROSSOVER["gpu"], channels=ACDC_CROSSOVER["gpu"]["channels"][:-2])
 
 
 def acdc_crossover(preset: str = "cpu", device=None, progress: bool = False,
@@ -289,6 +304,7 @@ FACTORIZED_TABLE7 = {
     "cpu": dict(batch=1, image_size=48, dtypes=("float32",),
                 pairs=[("factorized/M", "resnet34"), ("factorized/L", "vgg16")]),
 }
+FACTORIZED_TABLE7["gpu-quick"] = dict(FACTORIZED_TABLE7["gpu"], batch=64)
 
 
 def factorized_table7(preset: str = "cpu", device=None, progress: bool = False,
@@ -361,9 +377,368 @@ def factorized_table7(preset: str = "cpu", device=None, progress: bool = False,
     return records
 
 
+# ----------------------------------------------------------------------------- training steps
+
+# One training step of every registered network: forward, cross-entropy, backward and an SGD
+# step, float32 (TF32 convolutions on a recent GPU, PyTorch's default) and bf16 under
+# torch.autocast. Each network runs on the images of the data set it was built for
+# (train_input). The gpu preset times every network at batch 128; gpu-quick leaves out the
+# networks of the largest images (STL-10's 96x96, ImageNet's 224x224); the cpu preset times
+# three small CIFAR networks (one with its ResNet) at batch 2, for the tests.
+TRAIN_STEPS = {
+    "gpu": dict(batch=128, dtypes=("float32", "bfloat16"), models=None, max_image_size=None),
+    "gpu-quick": dict(batch=128, dtypes=("float32", "bfloat16"), models=None, max_image_size=32),
+    "cpu": dict(batch=2, dtypes=("float32",), max_image_size=None,
+                models=("resnet/resnet8", "lowcost/mobilenet-A", "lowcost/resnet-A")),
+}
+
+
+def train_input(name: str) -> tuple[int, int]:
+    """``(image_size, num_classes)`` of the data set the registered network ``name`` was built
+    for: 224x224 and 1000 classes for ``factorized/*`` (ImageNet, Table 7's size; they also run
+    from 32x32), the data sets of Table 1 of Ephrath et al. for ``lean/*-<letter>`` (CIFAR-10,
+    CIFAR-100 at 32x32, STL-10 at 96x96), and CIFAR-10's 32x32 and 10 classes for the rest.
+    Every network takes 3 input channels."""
+    from effconv_ref.models.lean import DATASETS
+
+    family, net = name.split("/", 1)
+    if family == "factorized":
+        return 224, 1000
+    letter = net.rsplit("-", 1)[-1]
+    if family == "lean" and letter in DATASETS:
+        dataset, classes = DATASETS[letter]
+        return (96 if dataset == "STL-10" else 32), classes
+    return 32, 10
+
+
+def train_baseline(name: str) -> str | None:
+    """The network of the same family whose training step ``name``'s is compared with:
+    ``lean/resnet-X`` for ``lean/<net>-X`` and ``lowcost/resnet-X`` for ``lowcost/<step>-X``
+    (the papers' ResNets of the same widths and steps), ``secl/wrn-40-2`` for its SECL
+    versions, ``factorized/A`` (Table 1's standard 3x3 layers) for ``factorized/*``; ``None``
+    where the family has no such network (``resnet/*``, ``lean/shufflenetv2-*``)."""
+    from effconv_ref.models import list_models
+
+    family, net = name.split("/", 1)
+    base = {"factorized": "factorized/A", "secl": "secl/wrn-40-2"}.get(family)
+    if family in ("lean", "lowcost"):
+        base = f"{family}/resnet-{net.rsplit('-', 1)[-1]}"
+    return base if base in list_models() else None
+
+
+def _forward_macs(name: str, num_classes: int, image_size: int) -> tuple[int, str]:
+    """Multiply-adds of one forward pass of network ``name`` on one image, and how they were
+    counted: by :func:`~effconv_ref.cost.layer_macs` on a meta copy where every layer with
+    weights is a convolution or a linear layer (as papers count), else by
+    :func:`~effconv_ref.cost.count_cost` (``FlopCounterMode``, FFTs estimated) running the
+    reference path of a CPU copy in eval mode."""
+    from effconv_ref.cost import layer_macs
+    from effconv_ref.models import build
+
+    size = (3, image_size, image_size)
+    try:
+        with torch.device("meta"):
+            return sum(r["macs"] for r in layer_macs(build(name, num_classes=num_classes), size)), "layer_macs"
+    except TypeError:  # a layer layer_macs cannot count (lean, ACDC, FFT steps ...)
+        pass
+    model = build(name, num_classes=num_classes).eval()
+    return count_cost(model, torch.randn(1, *size)).macs, "count_cost"
+
+
+def _failed(error: BaseException, **case) -> dict:
+    """The record of a case that could not be timed: what it was and why."""
+    return {**case, "status": "failed", "error": f"{type(error).__name__}: {error}", "time_s": None}
+
+
+def train_steps(preset: str = "cpu", device=None, progress: bool = False, repeats=None) -> list[dict]:
+    """Time one training step of registered networks: ``zero_grad``, forward, cross-entropy on
+    random labels, backward, ``torch.optim.SGD`` step; float32 and bf16 (``torch.autocast``,
+    float32 weights and inputs), in train mode, 3 warm-up steps.
+
+    Work counted for the floor: the forward multiply-adds of the network on one image
+    (:func:`_forward_macs`) times the batch, times 3 for the step (the backward computes the
+    gradients of the inputs and of the weights of every layer, each as costly as the
+    forward), times 2 flops per multiply-add. Bytes: the float32 parameters 5 times (read by
+    the forward, read again by the backward, gradients written, parameters and gradients read
+    and parameters written by SGD: 5 passes over ``params``, ``4 * 5 * params``), plus the
+    images and the labels once; activations are not counted, so the floor stays a floor.
+
+    Each record: ``name`` (the model), ``dtype``, ``batch``, ``image_size``, ``num_classes``,
+    ``time_s`` and the harness's floor, ``macs`` (forward, one image), ``counted_by``,
+    ``params``, ``baseline`` (:func:`train_baseline`), ``baseline_s`` and ``vs_baseline``
+    (= ``ratio``: the step time over the baseline's at the same dtype, timed in this run;
+    ``None`` where it was not), ``status`` (``"ok"``, or ``"failed"`` with ``error``: one
+    network that fails does not stop the sweep).
+    """
+    from effconv_ref.models import build, list_models
+
+    if preset not in TRAIN_STEPS:
+        raise ValueError(f"preset={preset!r}; choose one of {', '.join(TRAIN_STEPS)}")
+    device = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    p = TRAIN_STEPS[preset]
+    batch = p["batch"]
+    names = [n for n in (p["models"] or list_models())
+             if p["max_image_size"] is None or train_input(n)[0] <= p["max_image_size"]]
+    modes = {d: math_mode_of(device, getattr(torch, d), "conv") for d in p["dtypes"]}
+    peaks = {d: measure_peaks(device, math_mode=modes[d]) for d in p["dtypes"]}
+    records = []
+    for name in progress_bar(names, disable=not progress, desc="training steps"):
+        size, classes = train_input(name)
+        case = dict(name=name, batch=batch, image_size=size, num_classes=classes)
+        try:
+            macs, counted_by = _forward_macs(name, classes, size)
+        except Exception as error:  # noqa: BLE001 (recorded, the sweep goes on)
+            records += [_failed(error, dtype=d, **case) for d in p["dtypes"]]
+            continue
+        for dtype_name in p["dtypes"]:
+            dtype = getattr(torch, dtype_name)
+            try:
+                torch.manual_seed(0)
+                model = build(name, num_classes=classes).to(device).train()
+                params = sum(q.numel() for q in model.parameters())
+                optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+                def make_inputs():
+                    return (torch.randn(batch, 3, size, size, device=device),
+                            torch.randint(0, classes, (batch,), device=device))
+
+                def step(x, y, model=model, optimizer=optimizer, dtype=dtype):
+                    optimizer.zero_grad(set_to_none=True)
+                    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                        loss = F.cross_entropy(model(x), y)
+                    loss.backward()
+                    optimizer.step()
+
+                r = benchmark(name, step, make_inputs, flops=2 * 3 * batch * macs,
+                              bytes=4 * 5 * params + 4 * batch * 3 * size * size + 8 * batch,
+                              peaks=peaks[dtype_name], math_mode=modes[dtype_name], warmup=3,
+                              device=device, repeats=repeats, dtype=dtype_name, batch=batch,
+                              image_size=size, num_classes=classes, macs=macs,
+                              counted_by=counted_by, params=params, status="ok")
+            except Exception as error:  # noqa: BLE001 (recorded, the sweep goes on)
+                r = _failed(error, dtype=dtype_name, **case)
+            records.append(r)
+            model = optimizer = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    times = {(r["name"], r["dtype"]): r["time_s"] for r in records if r["status"] == "ok"}
+    for r in records:
+        r["baseline"] = train_baseline(r["name"])
+        r["baseline_s"] = times.get((r["baseline"], r["dtype"]))
+        ok = r["status"] == "ok" and r["baseline_s"] is not None
+        r["vs_baseline"] = r["ratio"] = r["time_s"] / r["baseline_s"] if ok else None
+    return records
+
+
+# ----------------------------------------------------------------------------- single layers
+
+# The three cheap layers against cuDNN's 1x1 and 3x3 convolutions of the same width, each on
+# every path it has. 56x56 at batch 64: the resolution of the first ResNet stage on ImageNet,
+# where layers of 64-256 channels live, and large enough that every activation (51 MB at 64
+# float32 channels, up to 411 MB at 512) overflows an H100's or H200's 50-60 MB L2 cache, so
+# the memory-bound layers are measured against DRAM, as in a network. The cpu preset is tiny,
+# for the tests; it also tries the Triton kernels when they run under Triton's interpreter.
+TRITON_OPS = {
+    "gpu": dict(batch=64, image_size=56, channels=[64, 128, 256, 512], dtypes=("float32", "bfloat16"),
+                backends=("existing", "triton", "auto")),
+    "gpu-quick": dict(batch=64, image_size=56, channels=[64, 128, 256], dtypes=("float32", "bfloat16"),
+                      backends=("existing", "triton", "auto")),
+    "cpu": dict(batch=1, image_size=8, channels=[8, 16], dtypes=("float32",), backends=("reference",)),
+}
+TRITON_OP_PASSES = ("forward", "forward+backward")
+# what "existing" means for each layer: the path it had before the Triton kernels
+EXISTING_PATH = {"lean": "cuda", "depth-wise": "reference", "SIC": "reference"}
+
+
+def triton_ops_backends(preset: str) -> tuple:
+    """The backends the :func:`triton_ops` sweep tries at ``preset``: the preset's, plus
+    ``"triton"`` on the cpu preset when ``TRITON_INTERPRET=1`` (the kernels in Triton's
+    interpreter)."""
+    backends = tuple(TRITON_OPS[preset]["backends"])
+    if preset == "cpu" and os.environ.get("TRITON_INTERPRET") == "1" and "triton" not in backends:
+        backends += ("triton",)
+    return backends
+
+
+def _construct(cls, *args, backend: str):
+    """``cls(*args, backend=backend)``; a layer with one path (no ``backend`` argument) is
+    built without it when its reference path is asked for."""
+    import inspect
+
+    if backend == "reference" and "backend" not in inspect.signature(cls).parameters:
+        return cls(*args)
+    return cls(*args, backend=backend)
+
+
+def _layers(c: int) -> dict:
+    """The layers of :func:`triton_ops`, built for ``backend``: ``name -> build(backend)``."""
+    from effconv_ref.sic import SICConv2d
+
+    return {
+        "lean": lambda b: _construct(LeanConv2d, c, c, backend=b),
+        "depth-wise": lambda b: _construct(DepthwiseConv2d, c, 3, backend=b),
+        "SIC": lambda b: _construct(SICConv2d, c, 3, backend=b),
+    }
+
+
+def _layer_cost(name: str, c: int, n: int, batch: int, size: int):
+    """``(flops, bytes)`` of one forward pass: each layer's multiply-adds, and input, weights and
+    output once (a fused single pass: SIC's intermediate is not counted)."""
+    from effconv_ref.cost import conv2d_cost, depthwise_cost, lean_cost, pointwise_cost
+
+    if name == "lean":
+        cost = lean_cost(c, c, n, n, batch=batch, dtype_bytes=size)
+    elif name == "depth-wise":
+        cost = depthwise_cost(c, 3, n, n, batch=batch, dtype_bytes=size)
+    elif name == "SIC":
+        dw, pw = depthwise_cost(c, 3, n, n, batch=batch), pointwise_cost(c, c, n, n, batch=batch)
+        return 2 * (dw.macs + pw.macs), size * (2 * batch * c * n * n + dw.params + pw.params)
+    else:
+        cost = conv2d_cost(c, c, 1 if name == "1x1 conv" else 3, n, n, batch=batch, dtype_bytes=size)
+    return cost.flops, cost.bytes
+
+
+def triton_ops(preset: str = "cpu", device=None, progress: bool = False, repeats=None,
+               backends=None) -> list[dict]:
+    """Time ``LeanConv2d(c, c)``, ``DepthwiseConv2d(c, 3)`` (direct) and ``SICConv2d(c, 3)`` on
+    each of ``backends`` beside ``nn.Conv2d(c, c, 1)`` and ``nn.Conv2d(c, c, 3, padding=1)``
+    (cuDNN on a GPU), forward (without autograd) and forward+backward (gradients of the input
+    and of every weight), in one process on the same inputs.
+
+    ``backends`` defaults to :func:`triton_ops_backends`; ``"existing"`` stands for each
+    layer's path before the Triton kernels (:data:`EXISTING_PATH`: the CUDA kernel for lean,
+    the reference for the others). float32 runs in PyTorch's default math mode (TF32
+    convolutions on a recent GPU), bf16 with bf16 inputs and layers converted to bf16.
+
+    Work for the floor: forward as :func:`_layer_cost`; forward+backward 3 times its flops
+    (the input and weight gradients each cost a forward) and twice its bytes (the backward
+    reads the gradient of the output and the input, writes the input's gradient).
+
+    Each record: ``name`` (``"lean"``, ``"depth-wise"``, ``"SIC"``, ``"1x1 conv"``, ``"3x3
+    conv"``), ``backend`` (as passed; ``"torch"`` for the convolutions), ``pass``, ``dtype``,
+    ``channels``, ``image_size``, ``batch``, ``time_s``, the harness's floor, ``ratio_1x1`` and
+    ``ratio_3x3`` (time over the convolution's of the same pass, dtype and width),
+    ``achieved_bandwidth`` (bytes / time) and ``copy_fraction`` (that over the measured copy
+    bandwidth at this size, the memory-bound layers' yardstick), ``vs_fastest`` for ``auto``
+    (its time over the fastest other path's), and ``status``: ``"ok"``; ``"unavailable"``
+    with ``error`` when the layer refuses the backend here (``ValueError`` or ``TypeError``
+    when built or first called, :class:`~effconv_ref.kernels.KernelUnavailable`: a backend
+    that does not exist yet, or cannot run on this machine); ``"failed"`` with ``error`` for
+    any other exception (a bug, or out of memory).
+    """
+    from effconv_ref.kernels import KernelUnavailable
+
+    if preset not in TRITON_OPS:
+        raise ValueError(f"preset={preset!r}; choose one of {', '.join(TRITON_OPS)}")
+    device = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    p = TRITON_OPS[preset]
+    batch, n = p["batch"], p["image_size"]
+    backends = tuple(triton_ops_backends(preset) if backends is None else backends)
+    modes = {d: math_mode_of(device, getattr(torch, d), "conv") for d in p["dtypes"]}
+    peaks = {d: measure_peaks(device, math_mode=modes[d]) for d in p["dtypes"]}
+    unavailable = (ValueError, TypeError, NotImplementedError, KernelUnavailable)
+    cases = [(d, c) for d in p["dtypes"] for c in p["channels"]]
+    records = []
+    for dtype_name, c in progress_bar(cases, disable=not progress, desc="layers"):
+        dtype = getattr(torch, dtype_name)
+        size = torch.tensor([], dtype=dtype).element_size()
+        todo = [("1x1 conv", "torch", lambda _: torch.nn.Conv2d(c, c, 1, bias=False)),
+                ("3x3 conv", "torch", lambda _: torch.nn.Conv2d(c, c, 3, padding=1, bias=False))]
+        todo += [(name, backend, build) for name, build in _layers(c).items() for backend in backends]
+        for name, backend, build in todo:
+            path = EXISTING_PATH.get(name, backend) if backend == "existing" else backend
+            for pass_ in TRITON_OP_PASSES:
+                case = dict(name=name, backend=path, dtype=dtype_name, channels=c, image_size=n,
+                            batch=batch, **{"pass": pass_})
+                make_inputs = _layer_inputs(batch, c, n, dtype, device, pass_ == "forward+backward")
+                try:
+                    layer = build(path).to(device=device, dtype=dtype)
+                    run = _layer_call(layer, pass_)
+                    run(*make_inputs())  # the first call: compiles, autotunes, or refuses
+                except unavailable as error:
+                    records.append({**_failed(error, **case), "status": "unavailable"})
+                    continue
+                except Exception as error:  # noqa: BLE001 (recorded, the sweep goes on)
+                    records.append(_failed(error, **case))
+                    continue
+                flops, moved = _layer_cost(name, c, n, batch, size)
+                if pass_ == "forward+backward":
+                    flops, moved = 3 * flops, 2 * moved
+                try:
+                    r = benchmark(name, run, _layer_inputs(batch, c, n, dtype, device,
+                                                           pass_ == "forward+backward"),
+                                  flops=flops, bytes=moved, peaks=peaks[dtype_name],
+                                  math_mode=modes[dtype_name], device=device, repeats=repeats,
+                                  **{k: v for k, v in case.items() if k != "name"}, status="ok")
+                except Exception as error:  # noqa: BLE001
+                    records.append(_failed(error, **case))
+                    continue
+                r["achieved_bandwidth"] = moved / r["time_s"]
+                r["copy_fraction"] = r["achieved_bandwidth"] / r["bandwidth"]
+                records.append(r)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    _layer_ratios(records)
+    return records
+
+
+def _layer_inputs(batch, c, n, dtype, device, backward: bool):
+    """Inputs for :func:`benchmark`: the ``k``-th call makes the ``k``-th input set from seed
+    ``k``, so that every layer is timed on the same inputs; with ``backward`` the input
+    requires its gradient and the gradient of the output comes along."""
+    calls = iter(range(1 << 30))
+
+    def make_inputs():
+        g = torch.Generator(device=device).manual_seed(next(calls))
+        x = torch.randn(batch, c, n, n, device=device, generator=g).to(dtype)
+        if not backward:
+            return (x,)
+        return (x.requires_grad_(), torch.randn(batch, c, n, n, device=device, generator=g).to(dtype))
+
+    return make_inputs
+
+
+def _layer_call(layer, pass_: str):
+    """What one timed call does: the forward without autograd, or the forward and the
+    gradients of the input and of every weight."""
+    weights = [w for w in layer.parameters() if w.requires_grad]
+    if pass_ == "forward":
+        def run(x):
+            with torch.no_grad():
+                return layer(x)
+    else:
+        def run(x, grad):
+            return torch.autograd.grad(layer(x), [x, *weights], grad)
+    return run
+
+
+def _layer_ratios(records: list[dict]) -> None:
+    """Fill in ``ratio_1x1``, ``ratio_3x3`` and (for ``auto``) ``vs_fastest``."""
+    ok = [r for r in records if r["status"] == "ok"]
+
+    def key(r):
+        return r["pass"], r["dtype"], r["channels"]
+
+    conv = {(r["name"], *key(r)): r["time_s"] for r in ok if r["name"].endswith(" conv")}
+    for r in records:
+        for k in ("1x1", "3x3"):
+            base = conv.get((f"{k} conv", *key(r)))
+            r[f"ratio_{k}"] = r["time_s"] / base if r["status"] == "ok" and base else None
+        others = [o["time_s"] for o in ok if o["name"] == r["name"] and key(o) == key(r)
+                  and o["backend"] != "auto"]
+        r["vs_fastest"] = (r["time_s"] / min(others) if r["backend"] == "auto" and r["status"] == "ok"
+                           and others else None)
+
 
 SWEEPS = {"lowcost-figure1": lowcost_figure1, "lowcost-steps": lowcost_steps, "lean-figure1": lean_figure1,
-          "acdc-crossover": acdc_crossover, "factorized-table7": factorized_table7}
+          "acdc-crossover": acdc_crossover, "factorized-table7": factorized_table7,
+          "train-steps": train_steps, "triton-ops": triton_ops}
+# the presets of each sweep (``gpu``, ``gpu-quick``, ``cpu``; the tests add their own)
+SWEEP_PRESETS = {"lowcost-figure1": PRESETS, "lowcost-steps": PRESETS, "lean-figure1": LEAN_LAYERS,
+                 "acdc-crossover": ACDC_CROSSOVER, "factorized-table7": FACTORIZED_TABLE7,
+                 "train-steps": TRAIN_STEPS, "triton-ops": TRITON_OPS}
 
 
 def default_path(sweep: str, device: str) -> Path:
@@ -408,7 +783,8 @@ def check_out(out: str | Path) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("sweep", help=f"one of {', '.join(SWEEPS)}")
-    parser.add_argument("--preset", default=None, help="gpu or cpu (default: gpu when a GPU is present)")
+    parser.add_argument("--preset", default=None,
+                        help="gpu, gpu-quick (without the largest sizes) or cpu (default: gpu when a GPU is present)")
     parser.add_argument("--out", default=None, help="JSON file (default: data/bench/<sweep>_<device>.json)")
     parser.add_argument("--force", action="store_true",
                         help="run the gpu preset even where there is no GPU (slow)")
@@ -418,19 +794,19 @@ def main(argv=None) -> int:
         parser.error(f"unknown sweep {args.sweep!r}; choose one of {', '.join(SWEEPS)}")
     gpu = torch.cuda.is_available()
     preset = args.preset or ("gpu" if gpu else "cpu")
-    presets = LEAN_LAYERS if args.sweep == "lean-figure1" else PRESETS
+    presets = SWEEP_PRESETS[args.sweep]
     if preset not in presets:
         parser.error(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
-    if preset == "gpu" and not gpu and not args.force:
-        _refuse("--preset gpu sizes the sweep for a GPU, and this machine has none: it would "
+    if preset.startswith("gpu") and not gpu and not args.force:
+        _refuse(f"--preset {preset} sizes the sweep for a GPU, and this machine has none: it would "
                 "run for hours on the CPU; use --preset cpu, or add --force to run it anyway")
     device = torch.device("cuda" if gpu else "cpu")
     try:
         out = check_out(args.out if args.out is not None else default_path(args.sweep, device_name(device)))
     except ValueError as error:
         _refuse(str(error))
-    if preset == "gpu" and not gpu:
-        print(f"--force: running the gpu preset on the CPU ({device_name(device)})", file=sys.stderr)
+    if preset.startswith("gpu") and not gpu:
+        print(f"--force: running the {preset} preset on the CPU ({device_name(device)})", file=sys.stderr)
     records = SWEEPS[args.sweep](preset, progress=not args.no_progress)
     write_results(out, records, meta={"sweep": args.sweep, "preset": preset})
     print(f"{len(records)} records written to {out}")

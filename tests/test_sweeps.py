@@ -200,3 +200,161 @@ def test_lean_targets_read_the_records():
     assert met == {"worst_vs_1x1": 1.3, "beats_unfused": False}   # 32 channels is below the bar
     records[-1]["time_s"] = 1.1
     assert sweeps.lean_targets(records)["beats_unfused"] is True
+
+
+# ---- every sweep's presets ---------------------------------------------------------------------
+
+
+def test_every_sweep_has_its_presets():
+    assert set(sweeps.SWEEP_PRESETS) == set(sweeps.SWEEPS)
+    for sweep, presets in sweeps.SWEEP_PRESETS.items():
+        assert {"gpu", "gpu-quick", "cpu"} <= set(presets), sweep
+
+
+def test_cli_takes_each_sweeps_own_presets(tmp_path, no_work, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = str(tmp_path / "r.json")
+    for sweep in sweeps.SWEEPS:
+        assert sweeps.main([sweep, "--preset", "cpu", "--out", out]) == 0
+        with pytest.raises(SystemExit) as exit:  # a gpu preset is refused on a CPU, quick or not
+            sweeps.main([sweep, "--preset", "gpu-quick", "--out", out])
+        assert exit.value.code == 2 and "--preset gpu-quick sizes the sweep for a GPU" in capsys.readouterr().err
+    assert [preset for preset, _ in no_work] == ["cpu"] * len(sweeps.SWEEPS)
+    with pytest.raises(SystemExit):  # another sweep's preset is not this one's
+        sweeps.main(["train-steps", "--preset", "tiny", "--out", out])
+    assert "unknown preset 'tiny'; choose one of gpu, gpu-quick, cpu" in capsys.readouterr().err
+
+
+# ---- train-steps -------------------------------------------------------------------------------
+
+
+def test_train_inputs_and_baselines():
+    from effconv_ref.models import list_models
+
+    assert sweeps.train_input("factorized/M") == (224, 1000)
+    assert sweeps.train_input("lean/leanresnet-E") == sweeps.train_input("lean/mobilenetv2-E") == (96, 10)
+    assert sweeps.train_input("lean/resnet-C") == (32, 100)
+    assert sweeps.train_input("lowcost/imprd-A") == sweeps.train_input("resnet/resnet8") == (32, 10)
+    assert sweeps.train_baseline("lean/leanresnet-A") == "lean/resnet-A"
+    assert sweeps.train_baseline("lean/shiftresnet-E") == "lean/resnet-E"
+    assert sweeps.train_baseline("lowcost/imprd-B") == "lowcost/resnet-B"
+    assert sweeps.train_baseline("secl/wrn-40-2-secl") == "secl/wrn-40-2"
+    assert sweeps.train_baseline("factorized/M") == "factorized/A"
+    assert sweeps.train_baseline("lean/shufflenetv2-0.5x") is None
+    assert sweeps.train_baseline("resnet/resnet20") is None
+    for name in list_models():  # a network and its baseline see the same images
+        base = sweeps.train_baseline(name)
+        assert base is None or sweeps.train_input(base) == sweeps.train_input(name), name
+    # the gpu preset times every network; gpu-quick leaves out those of images above 32x32
+    assert sweeps.TRAIN_STEPS["gpu"]["models"] is None
+    assert sweeps.TRAIN_STEPS["gpu-quick"]["max_image_size"] == 32
+
+
+def test_train_steps_records():
+    records = sweeps.train_steps("cpu", device="cpu", repeats=2)
+    assert [r["name"] for r in records] == list(sweeps.TRAIN_STEPS["cpu"]["models"])
+    times = {r["name"]: r["time_s"] for r in records}
+    for r in records:
+        assert r["status"] == "ok" and r["dtype"] == "float32" and r["math_mode"] == "fp32"
+        assert (r["batch"], r["image_size"], r["num_classes"]) == (2, 32, 10)
+        assert r["flops"] == 2 * 3 * r["batch"] * r["macs"] > 0
+        assert r["bytes"] == 4 * 5 * r["params"] + 4 * 2 * 3 * 32 * 32 + 8 * 2
+        assert r["time_s"] >= 0.9 * r["floor_s"] > 0, r  # a floor is a floor, up to noise
+    resnet8, mobilenet, resnet = records
+    assert resnet8["counted_by"] == "layer_macs" and resnet8["macs"] == 12_501_632
+    assert resnet8["baseline"] is None and resnet8["vs_baseline"] is None
+    assert mobilenet["baseline"] == "lowcost/resnet-A" and mobilenet["counted_by"] == "count_cost"
+    assert mobilenet["vs_baseline"] == pytest.approx(times["lowcost/mobilenet-A"] / times["lowcost/resnet-A"])
+    assert mobilenet["ratio"] == mobilenet["vs_baseline"]
+    assert resnet["vs_baseline"] == 1.0
+
+
+def test_train_steps_record_a_network_that_fails(monkeypatch):
+    monkeypatch.setitem(sweeps.TRAIN_STEPS, "tiny", dict(batch=1, dtypes=("float32",), max_image_size=None,
+                                                         models=("resnet/resnet8", "lowcost/resnet-A")))
+    real = sweeps._forward_macs
+
+    def broken(name, *args):
+        if name == "lowcost/resnet-A":
+            raise RuntimeError("out of memory")
+        return real(name, *args)
+
+    monkeypatch.setattr(sweeps, "_forward_macs", broken)
+    ok, failed = sweeps.train_steps("tiny", device="cpu", repeats=1)
+    assert ok["status"] == "ok" and ok["time_s"] > 0
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: out of memory"
+    assert failed["time_s"] is None and failed["vs_baseline"] is None
+
+
+# ---- triton-ops --------------------------------------------------------------------------------
+
+
+def test_triton_ops_backends(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert sweeps.triton_ops_backends("cpu") == ("reference",)
+    assert sweeps.triton_ops_backends("gpu") == ("existing", "triton", "auto")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the kernels run in Triton's interpreter
+    assert sweeps.triton_ops_backends("cpu") == ("reference", "triton")
+
+
+def test_triton_ops_records():
+    records = sweeps.triton_ops("cpu", device="cpu", repeats=2, backends=("reference",))
+    preset = sweeps.TRITON_OPS["cpu"]
+    names = ["1x1 conv", "3x3 conv", "lean", "depth-wise", "SIC"]
+    assert len(records) == len(preset["channels"]) * len(names) * 2
+    assert {r["name"] for r in records} == set(names)
+    for r in records:
+        assert r["status"] == "ok", r
+        assert r["backend"] == ("torch" if r["name"].endswith("conv") else "reference")
+        assert (r["batch"], r["image_size"], r["dtype"]) == (1, 8, "float32")
+        assert r["pass"] in ("forward", "forward+backward")
+        assert r["time_s"] >= 0.9 * r["floor_s"] > 0, r
+        assert r["copy_fraction"] == pytest.approx(r["bytes"] / r["time_s"] / r["bandwidth"])
+        same = {o["name"]: o for o in records if (o["pass"], o["channels"]) == (r["pass"], r["channels"])}
+        assert r["ratio_1x1"] == pytest.approx(r["time_s"] / same["1x1 conv"]["time_s"])
+        assert r["ratio_3x3"] == pytest.approx(r["time_s"] / same["3x3 conv"]["time_s"])
+        assert r["vs_fastest"] is None  # no auto here
+    by = {(r["name"], r["pass"], r["channels"]): r for r in records}
+    c, n = 8, 8
+    assert by["lean", "forward", c]["flops"] == 2 * n * n * (c * c + 4 * c)
+    assert by["SIC", "forward", c]["flops"] == 2 * n * n * (9 * c + c * c)
+    assert by["SIC", "forward", c]["bytes"] == 4 * (2 * c * n * n + 9 * c + c * c)  # one fused pass
+    for name in names:
+        forward, both = by[name, "forward", c], by[name, "forward+backward", c]
+        assert (both["flops"], both["bytes"]) == (3 * forward["flops"], 2 * forward["bytes"])
+
+
+def test_triton_ops_record_paths_that_cannot_run(monkeypatch):
+    """A backend a layer refuses (the Triton one before it exists, or where Triton cannot run)
+    is recorded as unavailable, with the layer's message; any other error as failed."""
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("an illegal memory access")
+
+    monkeypatch.setitem(sweeps.TRITON_OPS, "tiny", dict(batch=1, image_size=4, channels=[4], dtypes=("float32",),
+                                                        backends=("reference",)))
+    monkeypatch.setattr(sweeps, "_layers", lambda c: {
+        "lean": lambda b: sweeps._construct(sweeps.LeanConv2d, c, c, backend=b),
+        "SIC": lambda b: Broken() if b == "auto" else torch.nn.Identity()})
+    records = sweeps.triton_ops("tiny", device="cpu", repeats=1, backends=("reference", "no-such-path", "auto"))
+    status = {(r["name"], r["backend"], r["pass"]): r for r in records}
+    refused = status["lean", "no-such-path", "forward"]
+    assert refused["status"] == "unavailable" and refused["time_s"] is None
+    assert refused["error"].startswith("ValueError: backend='no-such-path' is not a backend")
+    broken = status["SIC", "auto", "forward+backward"]
+    assert broken["status"] == "failed" and broken["error"] == "RuntimeError: an illegal memory access"
+    assert status["lean", "auto", "forward"]["status"] == "ok"
+    assert status["lean", "auto", "forward"]["vs_fastest"] == pytest.approx(
+        status["lean", "auto", "forward"]["time_s"] / status["lean", "reference", "forward"]["time_s"])
+    assert {r["status"] for r in records if r["backend"] in ("reference", "torch")} == {"ok"}
+
+
+def test_construct_builds_a_one_path_layer_without_backend():
+    class OnePath(torch.nn.Module):
+        def __init__(self, c):
+            super().__init__()
+
+    assert isinstance(sweeps._construct(OnePath, 4, backend="reference"), OnePath)
+    with pytest.raises(TypeError):
+        sweeps._construct(OnePath, 4, backend="triton")

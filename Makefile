@@ -13,7 +13,7 @@ export PYTHONHASHSEED := 0
 export EFFCONV_OFFLINE
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: all env book notebooks colab test clean
+.PHONY: all env book notebooks colab test gpu clean
 
 all: test
 
@@ -53,6 +53,13 @@ test: env
 	EFFCONV_SCALE=smoke $(BIN)/python -m pytest -p no:cacheprovider -q \
 		--nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		tests book
+
+# On a machine with a GPU (an H100/H200; budgeted at 8 minutes, QUICK=1 halves the budget): the
+# CUDA and Triton tests, compute-sanitizer on the CUDA kernels, every benchmark sweep into
+# data/bench/*.json, one summary table against the targets (see effconv_ref/kernels/README.md).
+QUICK ?= 0
+gpu: env
+	$(BIN)/python -m effconv_ref.gpu_check$(if $(filter 1,$(QUICK)), --quick)
 
 clean:
 	rm -rf _build .pytest_cache

@@ -358,3 +358,19 @@ def test_construct_builds_a_one_path_layer_without_backend():
     assert isinstance(sweeps._construct(OnePath, 4, backend="reference"), OnePath)
     with pytest.raises(TypeError):
         sweeps._construct(OnePath, 4, backend="triton")
+
+
+def test_triton_ops_times_the_triton_kernels(monkeypatch):
+    """The sweep on the Triton path, as a GPU runs it; here in Triton's interpreter (conftest.py
+    turns it on when there is no GPU), at a size it runs in seconds."""
+    from effconv_ref.kernels.triton_build import interpreting
+
+    if not interpreting():
+        pytest.skip("the Triton kernels run on the CPU only under TRITON_INTERPRET=1")
+    monkeypatch.setitem(sweeps.TRITON_OPS, "tiny", dict(batch=1, image_size=5, channels=[4], dtypes=("float32",),
+                                                        backends=("triton",)))
+    records = sweeps.triton_ops("tiny", device="cpu", repeats=1)
+    triton = [r for r in records if r["backend"] == "triton"]
+    assert len(triton) == 3 * 2 and {r["status"] for r in triton} == {"ok"}, triton
+    for r in triton:
+        assert r["time_s"] >= 0.9 * r["floor_s"] > 0 and r["ratio_1x1"] > 0

@@ -21,6 +21,8 @@ math mode.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import os
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ __all__ = [
     "dot_precision",
     "interpreting",
     "launch",
+    "use_config",
     "load_triton",
     "memory_format_of",
     "why_triton_cannot_run",
@@ -136,16 +139,32 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+_config_index: contextvars.ContextVar = contextvars.ContextVar("config_index", default=None)
+
+
+@contextlib.contextmanager
+def use_config(index: int):
+    """Within this block every kernel launches its config number ``index`` (the tests run each
+    config through the operators, forward and backward, this way)."""
+    token = _config_index.set(index)
+    try:
+        yield
+    finally:
+        _config_index.reset(token)
+
+
 def launch(kernel, configs: list[Config], grid, *args, config: Config | None = None, **constexprs):
     """Run ``kernel[grid](*args, **constexprs)`` with one of ``configs``.
 
-    ``config`` given: that one (the tests run every config this way). Otherwise on a GPU the
-    kernel's autotuner picks the fastest config for the shape (``kernel.autotuned``, timed on first
-    use of each shape), and under the interpreter the first config runs. ``grid`` is a function of
-    the meta-parameters (the block sizes).
+    ``config`` given, or chosen by :func:`use_config`: that one. Otherwise on a GPU the kernel's
+    autotuner picks the fastest config for the shape (``kernel.autotuned``, timed on first use of
+    each shape), and under the interpreter the first config runs. ``grid`` is a function of the
+    meta-parameters (the block sizes).
     """
     from torch.library import wrap_triton
 
+    if config is None and _config_index.get() is not None:
+        config = configs[_config_index.get()]
     if config is None and not interpreting():
         return wrap_triton(kernel.autotuned)[grid](*args, **constexprs)
     config = config or configs[0]

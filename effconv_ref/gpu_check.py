@@ -197,7 +197,9 @@ def triton_tests(env: dict) -> tuple[str, str]:
     files = triton_test_files()
     if not files:
         return "skipped", "missing: no tests/test_triton*.py in this checkout"
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files]
+    # -n 8: the fuzz compiles each kernel in each config, dtype and shape; eight processes
+    # (pytest-xdist) compile them side by side on the GPU machine's cores
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "8", *files]
     _say("  " + " ".join(command[1:]))
     status, seconds, _ = _run(command, TIMEOUT_S["triton-tests"], env)
     return _outcome(status, seconds, "pytest " + " ".join(files))

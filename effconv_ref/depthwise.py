@@ -152,9 +152,9 @@ class DepthwiseConv2d(nn.Module):
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """Kᵀ y: periodic, the cross-correlation with the flipped stencil (conj(K̂) for ``fft``);
         zeros, ``conv_transpose2d``."""
-        self._check(y, "y")
         if self.stride != 1:
             raise ValueError(f"adjoint is defined for stride 1; this layer has stride={self.stride}")
+        self._check(y, "y")
         if self.method == "fft":
             return self._spectral(y, "adjoint")
         if self.boundary == "periodic":

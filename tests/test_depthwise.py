@@ -146,3 +146,21 @@ def test_cuda_backend_without_gpu_is_a_clear_error():
     m = DepthwiseConv2d(3, 3, boundary="periodic", method="fft", backend="cuda")
     with pytest.raises(ValueError, match="backend='cuda' needs a CUDA GPU"):
         m(torch.randn(1, 3, 5, 5))
+
+
+@pytest.mark.parametrize("B,C,H,W,k", CASES)
+@pytest.mark.parametrize("boundary", ["zeros", "periodic"])
+def test_stride_two_keeps_every_second_row_and_column_of_the_dense_matrix(B, C, H, W, k, boundary):
+    """Stride 2 is the stride-1 layer's rows for the pixels (2p, 2q): eq. (5) sampled, ⌈H/2⌉ x ⌈W/2⌉."""
+    torch.manual_seed(H * W)
+    m = DepthwiseConv2d(C, k, stride=2, boundary=boundary).double()
+    x = rand(B, C, H, W, seed=3)
+    out = m(x)
+    assert out.shape == (B, C, math.ceil(H / 2), math.ceil(W / 2))
+    K = conv2d_matrix(m.dense_weight().detach(), H, W, boundary=boundary).reshape(C, H, W, C * H * W)
+    K2 = K[:, ::2, ::2].reshape(-1, C * H * W)
+    for b in range(B):
+        torch.testing.assert_close(out[b].reshape(-1), K2 @ x[b].reshape(-1), rtol=1e-12, atol=1e-12)
+    assert repr(m).startswith(f"DepthwiseConv2d({C}, kernel_size={k}, stride=2, ")
+    with pytest.raises(ValueError, match="adjoint is defined for stride 1"):
+        m.adjoint(out)

@@ -4,8 +4,8 @@ import os
 
 import torch
 
-# With no GPU the Triton kernels are proven in Triton's interpreter. It must be on before the
-# kernels are first imported (effconv_ref imports them lazily), and for the notebooks nbval runs.
+# With no GPU the Triton kernels are proven in Triton's interpreter. It must be on before Triton is
+# first imported (importing effconv_ref imports it), and for the notebooks nbval runs.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

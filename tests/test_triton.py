@@ -402,3 +402,15 @@ def test_the_fuzz_passes_the_kernel_as_it_is(tmp_path):
 def test_the_fuzz_fails_on_a_mutated_kernel(mutation, tmp_path):
     with pytest.raises(AssertionError, match="relative error (nan|[0-9.e+-]+) >"):
         lean_forward_fuzz(mutant(tmp_path, *MUTATIONS[mutation]))
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter's rule, for a machine without a GPU")
+def test_setting_the_interpreter_too_late_is_a_clear_error():
+    script = ("import os, torch, effconv_ref\n"
+              "os.environ['TRITON_INTERPRET'] = '1'\n"
+              "effconv_ref.LeanConv2d(3, 3, backend='triton')(torch.randn(1, 3, 4, 4))\n")
+    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment)
+    assert result.returncode != 0
+    assert "ValueError: backend='triton' cannot run: TRITON_INTERPRET=1 was set after Triton was imported" \
+        in result.stderr

@@ -5,9 +5,11 @@ The fast paths (``backend="triton"``) are Triton kernels in this folder (``lean_
 ``depthwise_triton.py``, ``sic_triton.py``). They run
 
 - on a CUDA GPU, compiled by Triton on first use and autotuned over each kernel's ``CONFIGS``;
-- on the CPU under Triton's interpreter, when ``TRITON_INTERPRET=1`` is set before the kernels are
-  first imported (they are imported lazily, on first use). That is how ``make test`` proves them
-  on a machine with no GPU: slowly, with numpy doing the arithmetic, one launch of one config.
+- on the CPU under Triton's interpreter, when ``TRITON_INTERPRET=1`` is set before effconv_ref is
+  imported: Triton reads it when it defines its own library (imported with effconv_ref, whose
+  operators it registers) and when it defines our kernels (imported lazily, on first use). That is
+  how ``make test`` proves them on a machine with no GPU: slowly, with numpy doing the arithmetic,
+  one launch of one config.
 
 Math mode (:func:`dot_precision`): float16 and bfloat16 operands go to ``tl.dot`` as they are
 (tensor cores, float accumulation). A float32 ``tl.dot`` runs in TF32 on tensor cores when
@@ -78,9 +80,14 @@ def why_triton_cannot_run(x: torch.Tensor) -> str | None:
     if x.is_cuda:
         return None
     if x.device.type == "cpu" and interpreting():
+        import triton.language as tl
+
+        if type(tl.cdiv).__name__ == "JITFunction":  # Triton's own library was defined compiled
+            return ("TRITON_INTERPRET=1 was set after Triton was imported (importing effconv_ref "
+                    "imports it); set it before importing effconv_ref, e.g. in the shell")
         return None
     return (f"the input is on {x.device}: Triton kernels run on a CUDA GPU, or on the CPU only "
-            "under Triton's interpreter (set TRITON_INTERPRET=1 before first use)")
+            "under Triton's interpreter (set TRITON_INTERPRET=1 before importing effconv_ref)")
 
 
 def load_triton(name: str):

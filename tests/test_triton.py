@@ -8,8 +8,9 @@ conftest.py before anything imports them); on a GPU, compiled (``make gpu`` runs
   non-contiguous view into a buffer of NaN (NCHW-like or channels_last-like), so a read outside
   the image, or of the wrong element, shows up as NaN or as an error.
 - ``gradcheck`` of each registered operator in float64.
-- ``torch.compile(fullgraph=True)`` traces through the operators, forward and backward (on a GPU:
-  PyTorch cannot trace the interpreter's kernels).
+- ``torch.compile(fullgraph=True)`` captures the operators in one graph (on fake CUDA tensors, no
+  GPU needed) and, on a GPU, runs them forward and backward (PyTorch cannot trace the
+  interpreter's kernels).
 - Compile tests: every kernel and config for sm_80 and sm_90 (``mma``/``wgmma`` in the PTX where
   the kernel has a ``tl.dot``, shared memory within the GPU's limit), and what sm_75 gets.
 - Mutation check: the fuzz fails on the lean kernel with a broken mask and with a shifted tap.
@@ -274,6 +275,44 @@ def test_gradcheck_of_the_triton_operators():
 def test_the_operators_are_registered_with_torch_library():
     for name in ("lean_conv2d", "depthwise_conv2d", "intra_pointwise"):
         assert hasattr(torch.ops.effconv, name), name
+
+
+TRACE_ON_FAKE_CUDA = """
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from effconv_ref import LeanConv2d
+from effconv_ref.depthwise import DepthwiseConv2d
+from effconv_ref.sic import SICConv2d
+
+graphs = []
+def capture(gm, inputs):
+    graphs.append(gm)
+    return gm
+
+model = torch.nn.Sequential(LeanConv2d(6, 6, stride=2, backend="triton"),
+                            DepthwiseConv2d(6, 3, backend="triton"), SICConv2d(6, 3, backend="triton"))
+compiled = torch.compile(model, backend=capture, fullgraph=True)
+with FakeTensorMode(allow_non_fake_inputs=True):
+    model.to("cuda")
+    y = compiled(torch.empty(2, 6, 9, 7, device="cuda"))
+print(tuple(y.shape), y.device)
+print(*[n.target for g in graphs for n in g.graph.nodes if "effconv" in str(n.target)])
+"""
+
+
+def test_dynamo_traces_the_operators_in_one_graph_on_fake_cuda_tensors():
+    """Without a GPU: torch.compile(fullgraph=True) captures a model of the three operators in one
+    graph, each operator one node, on fake CUDA tensors; their fake implementations run the operator
+    bodies, launches included (wrap_triton), on shapes alone. Compiled kernels are needed, so this
+    runs in a process without the interpreter."""
+    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", TRACE_ON_FAKE_CUDA], capture_output=True, text=True,
+                            env=environment, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shape, nodes = result.stdout.strip().splitlines()[-2:]
+    assert shape == "(2, 6, 5, 4) cuda:0"
+    assert nodes.split() == ["effconv.lean_conv2d.default", "effconv.depthwise_conv2d.default",
+                             "effconv.intra_pointwise.default"]
 
 
 @pytest.mark.skipif(DEVICE == "cpu", reason="torch.compile traces a Triton kernel through its compiled "
